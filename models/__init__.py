@@ -1,0 +1,1 @@
+"""Our own zoo of classic CNNs (importable as ``surgeon_models``)."""

@@ -1,0 +1,1 @@
+"""surgeon: structured pruning graph surgeon for PyTorch."""
