@@ -1,0 +1,441 @@
+"""MACs and parameter counting, per FX node, for judging what pruning bought.
+
+Why our own counter: the pruning loop needs per-node costs it can attribute to
+channel groups, needs functional ops (``F.conv2d``, ``x + y``, ``torch.cat``)
+to be visible, and needs conventions we can state precisely.  Hook-based
+counters (thop, ptflops, torch-pruning's) only see ``nn.Module`` calls.
+
+What is counted (for the batch in ``example_inputs``, *not* per sample: a
+batch of 8 costs 8x a batch of 1 for every op here):
+
+* ``conv``: ``Conv{1,2,3}d`` / ``F.conv{1,2,3}d``:
+  ``output_elements * (in_channels / groups) * prod(kernel_size)``.
+* ``conv_transpose``: ``ConvTranspose{1,2,3}d`` / ``F.conv_transpose*``:
+  ``input_elements * (out_channels / groups) * prod(kernel_size)`` (each input
+  element is scattered into ``out_channels/groups`` channels x kernel taps).
+* ``linear``: ``Linear`` / ``F.linear``: ``output_elements * in_features``.
+* ``matmul``: ``@``, ``torch.matmul/mm/bmm/addmm/baddbmm``:
+  ``output_elements * inner_dim``.
+* ``norm`` (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm, LRN and
+  their functional forms), ``pool`` (every pooling incl. adaptive),
+  ``activation`` (ReLU, GELU, SiLU, Softmax, ...) and ``elementwise``
+  (``+``, ``*``, ``torch.add``, interpolation, reductions such as ``mean``,
+  and any other op that produces a tensor): the number of *output* elements.
+  This is a deliberate, simple proxy; it under-counts reductions and pools
+  (whose real cost scales with the input) but these are <1-2% of a CNN.
+* ``shape`` (view/reshape/flatten/permute/cat/split/getitem/pad/dropout/
+  Identity/...): 0, they move data but do no arithmetic.
+* Bias additions are not MACs and are not counted.
+* ``other``: any other leaf module (RNNs, MultiheadAttention, ...): output
+  elements, i.e. a large under-count; trace through or extend if it matters.
+
+Parameters: the ``numel`` of every parameter of the model (buffers excluded),
+whether or not the traced forward uses it, shared/tied parameters once.  A
+node's ``params`` are the parameters it is the first to use, so per-node
+params add up to at most :attr:`Counts.params`.
+
+Method: ``torch.fx.symbolic_trace`` + ``ShapeProp`` gives every node's shape.
+If tracing (or shape propagation) fails, e.g. on data-dependent Python control
+flow, we fall back to forward hooks on *leaf* modules: functional ops
+(``F.relu``, ``x + y``, ``torch.matmul``) are then invisible, so MACs are a
+lower bound.  :attr:`Counts.method` says which was used.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+__all__ = ["Counts", "NodeCount", "count", "format_count"]
+
+
+@dataclass(frozen=True)
+class NodeCount:
+    """Cost of one FX node (or one leaf-module call in hook mode).
+
+    ``name`` is the FX node name (the module path in hook mode); ``op`` is what
+    ran: the module class (``"Conv2d"``), the function (``"torch.relu"``,
+    ``"operator.add"``) or the tensor method (``"Tensor.view"``); ``module`` is
+    the module's qualified path for module calls, else ``None``; ``kind`` is
+    the category that decided the formula (see the module docstring).
+    """
+
+    name: str
+    op: str
+    kind: str
+    macs: int
+    params: int
+    module: str | None = None
+
+
+@dataclass
+class Counts:
+    """Total MACs for the batch given, total parameters, and the per-node list."""
+
+    macs: int
+    params: int
+    per_node: list[NodeCount] = field(default_factory=list)
+    method: str = "fx"
+    batch_size: int | None = None
+
+    def by_kind(self) -> dict[str, int]:
+        """MACs per category (``conv``, ``linear``, ``norm``, ...)."""
+        out: dict[str, int] = {}
+        for n in self.per_node:
+            out[n.kind] = out.get(n.kind, 0) + n.macs
+        return out
+
+    def __str__(self) -> str:
+        return f"{format_count(self.macs)}MACs, {format_count(self.params)} params"
+
+
+# ----------------------------------------------------------------------------
+# classification
+# ----------------------------------------------------------------------------
+
+_SHAPE_NAMES = frozenset(
+    """view reshape flatten unflatten permute transpose t contiguous squeeze unsqueeze
+    expand expand_as repeat tile cat concat concatenate stack hstack vstack split chunk
+    tensor_split unbind narrow select getitem size dim numel to type float half double
+    bfloat16 int long bool cpu cuda detach clone view_as reshape_as movedim moveaxis
+    swapaxes swapdims roll flip pixel_shuffle pixel_unshuffle channel_shuffle pad
+    dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout identity
+    getattr zeros ones full empty arange zeros_like ones_like full_like empty_like
+    new_zeros new_ones new_full new_empty tensor as_tensor embedding index_select
+    gather masked_fill""".split()
+)
+_ACTIVATION_NAMES = frozenset(
+    """relu relu6 leaky_relu gelu silu sigmoid tanh hardswish hardsigmoid mish elu selu
+    celu softplus softmax log_softmax softmin prelu rrelu hardtanh glu logsigmoid softsign
+    tanhshrink threshold hardshrink softshrink""".split()
+)
+_NORM_NAMES = frozenset(
+    """batch_norm layer_norm group_norm instance_norm rms_norm local_response_norm
+    normalize""".split()
+)
+_MATMUL_NAMES = {"matmul": 0, "mm": 0, "bmm": 0, "addmm": 1, "baddbmm": 1, "addbmm": 1}
+_CONV_NAMES = frozenset({"conv1d", "conv2d", "conv3d"})
+_CONVT_NAMES = frozenset({"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
+
+_SHAPE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle,
+    nn.ChannelShuffle, nn.Embedding,
+    nn.modules.dropout._DropoutNd,
+)
+
+
+def _module_kind(m: nn.Module) -> str:
+    """Category of a leaf module, by type (subclasses count like their base)."""
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        return "conv_transpose"
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return "conv"
+    if isinstance(m, nn.Linear):
+        return "linear"
+    if isinstance(m, _SHAPE_MODULES):
+        return "shape"
+    mod = type(m).__module__
+    if mod == "torch.nn.modules.padding":
+        return "shape"
+    if mod == "torch.nn.modules.pooling":
+        return "pool"
+    if mod == "torch.nn.modules.normalization" or isinstance(m, nn.modules.batchnorm._NormBase):
+        return "norm"
+    if mod == "torch.nn.modules.activation" and not isinstance(m, nn.MultiheadAttention):
+        return "activation"
+    if isinstance(m, nn.Upsample):
+        return "elementwise"
+    return "other"
+
+
+def _callable_name(target: Any) -> str:
+    """Bare lower-case name of a function/method target, in-place suffix removed."""
+    name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+    name = name.strip("_") if name.startswith("__") else name.rstrip("_")
+    return name.lower()
+
+
+def _function_kind(name: str) -> str:
+    if name in _CONV_NAMES:
+        return "conv"
+    if name in _CONVT_NAMES:
+        return "conv_transpose"
+    if name == "linear":
+        return "linear"
+    if name in _MATMUL_NAMES:
+        return "matmul"
+    if name in _NORM_NAMES:
+        return "norm"
+    if "pool" in name:
+        return "pool"
+    if name in _SHAPE_NAMES:
+        return "shape"
+    if name in _ACTIVATION_NAMES:
+        return "activation"
+    return "elementwise"
+
+
+def _qualname(target: Any) -> str:
+    """Readable name of an FX target: ``Tensor.view``, ``F.relu``, ``operator.add``."""
+    if isinstance(target, str):
+        return f"Tensor.{target}"
+    name = getattr(target, "__name__", repr(target))
+    mod = getattr(target, "__module__", None) or ""
+    if any(target is v for v in vars(operator).values()):
+        mod = "operator"
+    elif mod.startswith("torch.nn.functional"):
+        mod = "F"
+    elif mod.startswith("torch"):
+        mod = "torch"
+    return f"{mod}.{name}" if mod else name
+
+
+# ----------------------------------------------------------------------------
+# formulas, shared by the FX and the hook path
+# ----------------------------------------------------------------------------
+
+
+def _numel(shape: Sequence[int] | None) -> int:
+    return math.prod(int(s) for s in shape) if shape is not None else 0
+
+
+def _weighted_macs(
+    kind: str,
+    out_shape: Sequence[int] | None,
+    in_shape: Sequence[int] | None,
+    weight_shape: Sequence[int] | None,
+) -> int:
+    """MACs of conv / conv_transpose / linear given the weight's shape.
+
+    Weight layouts: conv ``[out, in/groups, *k]``, transposed conv
+    ``[in, out/groups, *k]``, linear ``[out, in]``, so ``prod(weight[1:])`` is
+    the per-element fan for all three; no need to know ``groups``.
+    """
+    if weight_shape is None:
+        return _numel(out_shape)
+    fan = _numel(weight_shape[1:])
+    if kind == "conv_transpose":
+        return _numel(in_shape) * fan
+    return _numel(out_shape) * fan
+
+
+def _module_macs(m: nn.Module, kind: str, in_shape: Sequence[int] | None,
+                 out_shape: Sequence[int] | None) -> int:
+    if kind in ("conv", "conv_transpose", "linear"):
+        return _weighted_macs(kind, out_shape, in_shape, tuple(m.weight.shape))  # type: ignore[union-attr]
+    if kind == "shape":
+        return 0
+    return _numel(out_shape)
+
+
+# ----------------------------------------------------------------------------
+# FX path
+# ----------------------------------------------------------------------------
+
+
+def _first_shape(meta: Any) -> tuple[int, ...] | None:
+    """Shape of the first tensor in a node's ``tensor_meta`` (may be nested)."""
+    if meta is None:
+        return None
+    if hasattr(meta, "shape") and hasattr(meta, "dtype"):
+        return tuple(int(s) for s in meta.shape)
+    if isinstance(meta, (list, tuple)):
+        for item in meta:
+            shape = _first_shape(item)
+            if shape is not None:
+                return shape
+    if isinstance(meta, dict):
+        for item in meta.values():
+            shape = _first_shape(item)
+            if shape is not None:
+                return shape
+    return None
+
+
+def _node_shape(node: Any) -> tuple[int, ...] | None:
+    return _first_shape(node.meta.get("tensor_meta")) if isinstance(node, fx.Node) else None
+
+
+def _arg(node: fx.Node, index: int, name: str) -> Any:
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name)
+
+
+def _count_fx(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[NodeCount]:
+    gm = fx.symbolic_trace(model)
+    ShapeProp(gm).propagate(*inputs)
+    seen: set[int] = set()
+
+    def fresh_params(params: Iterator[nn.Parameter]) -> int:
+        total = 0
+        for p in params:
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+        return total
+
+    rows: list[NodeCount] = []
+    for node in gm.graph.nodes:
+        out_shape = _node_shape(node)
+        if node.op == "call_module":
+            m = gm.get_submodule(node.target)
+            kind = _module_kind(m)
+            in_shape = _node_shape(node.args[0]) if node.args else None
+            macs = _module_macs(m, kind, in_shape, out_shape) if out_shape is not None else 0
+            rows.append(NodeCount(node.name, type(m).__name__, kind, macs,
+                                  fresh_params(m.parameters()), str(node.target)))
+        elif node.op in ("call_function", "call_method"):
+            name = _callable_name(node.target)
+            kind = _function_kind(name) if out_shape is not None else "shape"
+            if kind in ("conv", "conv_transpose", "linear"):
+                macs = _weighted_macs(kind, out_shape, _node_shape(_arg(node, 0, "input")),
+                                      _node_shape(_arg(node, 1, "weight")))
+            elif kind == "matmul":
+                a = _node_shape(_arg(node, _MATMUL_NAMES[name], "input"))
+                macs = _numel(out_shape) * (a[-1] if a else 1)
+            elif kind == "shape":
+                macs = 0
+            else:
+                macs = _numel(out_shape)
+            rows.append(NodeCount(node.name, _qualname(node.target), kind, macs, 0))
+        elif node.op == "get_attr":
+            obj = _get_attr(gm, str(node.target))
+            params = fresh_params(iter([obj])) if isinstance(obj, nn.Parameter) else 0
+            if params:
+                rows.append(NodeCount(node.name, "get_attr", "param", 0, params, str(node.target)))
+    return rows
+
+
+def _get_attr(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# ----------------------------------------------------------------------------
+# hook fallback
+# ----------------------------------------------------------------------------
+
+
+def _tensor_shape(x: Any) -> tuple[int, ...] | None:
+    if isinstance(x, torch.Tensor):
+        return tuple(x.shape)
+    if isinstance(x, (list, tuple)):
+        for item in x:
+            shape = _tensor_shape(item)
+            if shape is not None:
+                return shape
+    if isinstance(x, dict):
+        return _tensor_shape(list(x.values()))
+    return None
+
+
+def _count_hooks(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[NodeCount]:
+    rows: list[NodeCount] = []
+    seen: set[int] = set()
+    calls: dict[str, int] = {}
+
+    def make_hook(path: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(m: nn.Module, args: Any, output: Any) -> None:
+            kind = _module_kind(m)
+            out_shape = _tensor_shape(output)
+            macs = _module_macs(m, kind, _tensor_shape(args), out_shape) if out_shape else 0
+            params = 0
+            for p in m.parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params += p.numel()
+            calls[path] = calls.get(path, 0) + 1
+            name = path if calls[path] == 1 else f"{path}#{calls[path]}"
+            rows.append(NodeCount(name, type(m).__name__, kind, macs, params, path))
+        return hook
+
+    handles = [
+        m.register_forward_hook(make_hook(path))
+        for path, m in model.named_modules()
+        if path and not any(True for _ in m.children())
+    ]
+    try:
+        model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return rows
+
+
+# ----------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------
+
+
+def count(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> Counts:
+    """Count MACs (for the batch in ``example_inputs``) and parameters of ``model``.
+
+    The model runs once in eval mode under ``torch.no_grad`` (so BatchNorm
+    running statistics are not touched) and every submodule's train/eval flag
+    is restored.  See the module docstring for exactly what is counted.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(example_inputs, torch.Tensor):
+        inputs: tuple[Any, ...] = (example_inputs,)
+    elif isinstance(example_inputs, (tuple, list)):
+        inputs = tuple(example_inputs)
+    else:
+        raise TypeError(
+            "example_inputs must be a torch.Tensor or a tuple of tensors, "
+            f"got {type(example_inputs).__name__}"
+        )
+    for i, t in enumerate(inputs):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"example_inputs[{i}] must be a torch.Tensor, got {type(t).__name__}")
+
+    params = sum(p.numel() for p in model.parameters())  # parameters() dedups shared ones
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            try:
+                rows, method = _count_fx(model, inputs), "fx"
+            except Exception:  # untraceable model: see "Method" in the module docstring
+                rows, method = _count_hooks(model, inputs), "hooks"
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    batch = int(inputs[0].shape[0]) if inputs and inputs[0].dim() > 0 else None
+    return Counts(sum(r.macs for r in rows), params, rows, method, batch)
+
+
+_UNITS = ("", "K", "M", "G", "T", "P", "E")
+
+
+def format_count(n: float) -> str:
+    """Human-readable count with 3 significant digits: ``"4.11 G"``, ``"25.6 M"``.
+
+    Decimal (SI) prefixes, as MAC and parameter counts are conventionally
+    quoted; counts below 1000 are printed as they are (``"512"``).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, float)):
+        raise TypeError(f"format_count expects a number, got {type(n).__name__}")
+    if not math.isfinite(n):
+        raise ValueError(f"format_count expects a finite number, got {n}")
+    sign = "-" if n < 0 else ""
+    v = abs(float(n))
+    unit = 0
+    while v >= 999.5 and unit < len(_UNITS) - 1:
+        v /= 1000.0
+        unit += 1
+    if unit == 0 and float(n).is_integer():
+        return f"{sign}{int(v)}"
+    digits = 2 if v < 9.995 else 1 if v < 99.95 else 0
+    text = f"{sign}{v:.{digits}f}"
+    return f"{text} {_UNITS[unit]}" if unit else text

@@ -1,0 +1,20 @@
+"""Exceptions raised by surgeon.
+
+User mistakes are ``ValueError`` / ``TypeError`` subclasses so ordinary ``except ValueError`` code
+catches them; failures of our own invariants are ``SurgeryError``.
+"""
+from __future__ import annotations
+
+__all__ = ["TraceFailure", "NothingToPrune", "SurgeryError"]
+
+
+class TraceFailure(ValueError):
+    """torch.fx could not trace the model, or the example inputs do not fit it."""
+
+
+class NothingToPrune(ValueError):
+    """Every coupled group of the model is frozen (or ignored): there is nothing to remove."""
+
+
+class SurgeryError(RuntimeError):
+    """A structural change broke an invariant; the model has been restored to its previous state."""

@@ -1,0 +1,261 @@
+"""Step 2: the channel-dependency graph (networkx).
+
+Nodes are channel positions (``Pos``: one dim of one activation or parameter), with attributes
+``size`` and, when the position can never shrink, ``fixed`` (a list of ``Fixed`` reasons). Edges
+carry an ``IndexMap``. Every op's rule comes from the registry; whatever a rule does not couple is
+fixed here, centrally, so an op we do not understand can only freeze channels, never mis-map them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Union
+
+import networkx as nx
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import TensorMetadata
+
+from .indexmap import IndexMap, Pos
+from .registry import OpEntry, lookup
+from .trace import Traced
+
+__all__ = ["Fixed", "RuleContext", "build_graph", "op_label", "param_paths"]
+
+Ref = Union[fx.Node, tuple]  # a node, or (node, k) for the k-th tensor of a tuple output
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """Why a position cannot shrink. ``unsupported`` reasons (unknown op, hard-coded size) are
+    warned about when they freeze a group that has parameters; the others (model input / output,
+    spatial dims) are expected and silent."""
+
+    reason: str
+    node: str
+    unsupported: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.reason} (node {self.node})"
+
+
+def op_label(node: fx.Node, module: nn.Module | None = None) -> str:
+    """Human-readable op of a node: ``Conv2d``, ``torch.cat``, ``.view``."""
+    if node.op == "call_module":
+        return type(module).__name__ if module is not None else str(node.target)
+    if node.op == "call_method":
+        return f".{node.target}"
+    if node.op == "call_function":
+        mod = getattr(node.target, "__module__", "") or ""
+        name = getattr(node.target, "__name__", str(node.target))
+        short = {"_operator": "operator", "torch._C._nn": "F", "torch.nn.functional": "F",
+                 "torch._C._VariableFunctions": "torch"}.get(mod, mod)
+        return f"{short}.{name}" if short else name
+    return node.op
+
+
+def param_paths(model: nn.Module) -> dict[int, str]:
+    """id(tensor) -> canonical qualified name of every parameter and buffer. A tensor shared by two
+    modules (tied weights) gets one name, so it becomes one position and is sliced once."""
+    paths: dict[int, str] = {}
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        paths.setdefault(id(t), name)
+    return paths
+
+
+class RuleContext:
+    """What a registry rule sees of one fx node while the graph is built."""
+
+    def __init__(self, builder: "_Builder", node: fx.Node, module: nn.Module | None,
+                 qualname: str | None) -> None:
+        self._b = builder
+        self.node = node
+        self.module = module
+        self.qualname = qualname
+        self.op_name = op_label(node, module)
+        self.touched: set[Pos] = set()
+        self.mixing = False  # set for layers that normalise across channels (LayerNorm)
+
+    # ---------------------------------------------------------------------------------- shapes
+    def _meta(self, ref: Ref) -> Any:
+        node, k = (ref, None) if isinstance(ref, fx.Node) else ref
+        m = node.meta.get("tensor_meta")
+        return m[k] if k is not None and isinstance(m, (tuple, list)) else m
+
+    def shape(self, ref: Ref) -> tuple[int, ...]:
+        m = self._meta(ref)
+        assert isinstance(m, TensorMetadata), f"{ref} is not a tensor"
+        return tuple(m.shape)
+
+    def out_shape(self) -> tuple[int, ...]:
+        return self.shape(self.node)
+
+    def is_tuple(self, ref: Any) -> bool:
+        return isinstance(ref, fx.Node) and isinstance(ref.meta.get("tensor_meta"), (tuple, list))
+
+    def n_outputs(self) -> int:
+        m = self.node.meta.get("tensor_meta")
+        return len(m) if isinstance(m, (tuple, list)) else 1
+
+    def tensor_inputs(self) -> list[Ref]:
+        return self._b.tensor_refs(list(self.node.args) + list(self.node.kwargs.values()))
+
+    # ------------------------------------------------------------------------------- positions
+    def t(self, ref: Ref, dim: int) -> Pos:
+        pos = self._b.tensor_pos(ref, dim)
+        self.touched.add(pos)
+        return pos
+
+    def p(self, name: str, dim: int) -> Pos | None:
+        """Position of dim ``dim`` of the current module's tensor ``name`` (None if it is None)."""
+        assert self.module is not None
+        t = getattr(self.module, name, None)
+        if not isinstance(t, torch.Tensor):
+            return None
+        pos = self._b.param_pos(t, f"{self.qualname}.{name}", dim)
+        if self.mixing:
+            self._b.g.nodes[pos]["mixing"] = True
+        return pos
+
+    def couple(self, a: Pos | None, b: Pos | None, imap: IndexMap) -> None:
+        if a is None or b is None:
+            return
+        self._b.g.add_edge(a, b, map=imap, node=self.node.name, op=self.op_name)
+
+    def same(self, a: Pos | None, b: Pos | None) -> None:
+        if a is None or b is None:
+            return
+        n = self._b.g.nodes[a]["size"]
+        assert n == self._b.g.nodes[b]["size"], f"identity between {a} and {b} of different sizes"
+        self.couple(a, b, IndexMap.identity(n))
+
+    def fix(self, pos: Pos, reason: str, unsupported: bool = False) -> None:
+        self._b.fix(pos, Fixed(reason, self.node.name, unsupported))
+
+
+class _Builder:
+    def __init__(self, traced: Traced) -> None:
+        self.traced = traced
+        self.g = nx.DiGraph()
+        self.paths = param_paths(traced.model)
+        self.modules = dict(traced.model.named_modules())
+
+    def tensor_refs(self, args: list[Any]) -> list[Ref]:
+        refs: list[Ref] = []
+        for a in args:
+            if isinstance(a, (list, tuple)):
+                refs += self.tensor_refs(list(a))
+            elif isinstance(a, fx.Node):
+                m = a.meta.get("tensor_meta")
+                if isinstance(m, TensorMetadata):
+                    refs.append(a)
+                elif isinstance(m, (tuple, list)):
+                    refs += [(a, k) for k, mk in enumerate(m) if isinstance(mk, TensorMetadata)]
+        return refs
+
+    def tensor_pos(self, ref: Ref, dim: int) -> Pos:
+        node, k = (ref, None) if isinstance(ref, fx.Node) else ref
+        m = node.meta["tensor_meta"]
+        if k is not None:
+            m = m[k]
+        dim %= len(m.shape)
+        pos = Pos("t", node.name if k is None else f"{node.name}#{k}", dim)
+        if pos not in self.g:
+            self.g.add_node(pos, size=int(m.shape[dim]), fixed=[], order=len(self.g))
+        return pos
+
+    def all_positions(self, ref: Ref) -> list[Pos]:
+        node, k = (ref, None) if isinstance(ref, fx.Node) else ref
+        m = node.meta["tensor_meta"]
+        m = m[k] if k is not None else m
+        return [self.tensor_pos(ref, d) for d in range(len(m.shape))]
+
+    def param_pos(self, t: torch.Tensor, fallback: str, dim: int) -> Pos:
+        pos = Pos("p", self.paths.get(id(t), fallback), dim % max(t.dim(), 1))
+        if pos not in self.g:
+            self.g.add_node(pos, size=int(t.shape[pos.dim]), fixed=[], order=len(self.g))
+        return pos
+
+    def fix(self, pos: Pos, why: Fixed) -> None:
+        if why not in self.g.nodes[pos]["fixed"]:
+            self.g.nodes[pos]["fixed"].append(why)
+
+    def outputs_of(self, node: fx.Node) -> list[Ref]:
+        return self.tensor_refs([node])
+
+    def run(self) -> nx.DiGraph:
+        root = self.traced.gm
+        for node in self.traced.gm.graph.nodes:
+            if node.op == "placeholder":
+                for ref in self.outputs_of(node):
+                    for p in self.all_positions(ref):
+                        self.fix(p, Fixed("model input", node.name))
+            elif node.op == "output":
+                for ref in self.tensor_refs(list(node.args)):
+                    for p in self.all_positions(ref):
+                        self.fix(p, Fixed("model output", node.name))
+            elif node.op == "get_attr":
+                self._get_attr(node, root)
+            else:
+                self._call(node)
+        return self.g
+
+    def _get_attr(self, node: fx.Node, root: nn.Module) -> None:
+        """A tensor attribute used directly in forward (a layer-scale gamma, a learned bias): it is a
+        parameter position, sliced by the surgery like any weight."""
+        if not isinstance(node.meta.get("tensor_meta"), TensorMetadata):
+            return
+        t = root
+        for part in str(node.target).split("."):
+            t = getattr(t, part)
+        for d in range(t.dim()):
+            a = self.tensor_pos(node, d)
+            b = self.param_pos(t, str(node.target), d)
+            self.g.add_edge(a, b, map=IndexMap.identity(t.shape[d]), node=node.name, op="get_attr")
+
+    def _call(self, node: fx.Node) -> None:
+        module = self.modules.get(str(node.target)) if node.op == "call_module" else None
+        ctx = RuleContext(self, node, module, str(node.target) if module is not None else None)
+        ins = ctx.tensor_inputs()
+        outs = self.outputs_of(node)
+        if not ins and not outs:
+            return  # arithmetic on sizes and other non-tensor values
+        entry: OpEntry | None = lookup(node.op, node.target, module)
+        if entry is None:
+            reason = f"unsupported op {ctx.op_name}"
+            for ref in ins + outs:
+                for p in self.all_positions(ref):
+                    self.fix(p, Fixed(reason, node.name, unsupported=True))
+            return
+        if entry.shape_only:
+            return
+        ctx.mixing = entry.layer is not None and entry.layer.mixing
+        try:
+            entry.rule(ctx)
+        except Exception as e:  # a rule that cannot handle this call freezes it, never guesses
+            reason = f"{ctx.op_name} rule failed ({type(e).__name__}: {e})"
+            for ref in ins + outs:
+                for p in self.all_positions(ref):
+                    self.fix(p, Fixed(reason, node.name, unsupported=True))
+            return
+        why = Fixed(f"not mapped through {ctx.op_name}", node.name)
+        for ref in ins + outs:
+            for p in self.all_positions(ref):
+                if p not in ctx.touched:
+                    self.fix(p, why)
+
+
+def build_graph(traced: Traced) -> nx.DiGraph:
+    """Build the position graph of a traced model (see module docstring)."""
+    return _Builder(traced).run()
+
+
+def iter_module_calls(traced: Traced) -> Iterator[tuple[fx.Node, str, nn.Module, OpEntry]]:
+    """Every call of a registered layer: (node, qualified name, module, entry)."""
+    modules = dict(traced.model.named_modules())
+    for node in traced.gm.graph.nodes:
+        if node.op == "call_module":
+            m = modules.get(str(node.target))
+            entry = lookup(node.op, node.target, m)
+            if entry is not None and entry.layer is not None:
+                yield node, str(node.target), m, entry

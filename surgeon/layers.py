@@ -1,0 +1,268 @@
+"""Channel rules for layers with parameters: which weight dims follow which tensor dims, and how a
+layer's size attributes are recomputed after its tensors shrink.
+
+Each ``LayerSpec`` keeps everything surgeon knows about one layer type in one place: the coupling
+rule (used while building the graph), ``sync`` (used by the surgery to update ``in_channels``,
+``num_features``...), ``check`` (the post-surgery invariant: attributes agree with tensors) and
+``zero_inputs`` (used by the surgical-equivalence oracle).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Optional
+
+import torch
+from torch import nn
+
+from .indexmap import IndexMap
+
+if TYPE_CHECKING:
+    from .graph import RuleContext
+
+__all__ = ["LayerSpec", "LAYER_SPECS"]
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What surgeon knows about one layer type.
+
+    in_dim / out_dim: the tensor dim that carries channels on the layer's input / output
+        (1 for NCHW layers, -1 for Linear and LayerNorm).
+    couple: adds the layer's edges to the graph.
+    sync: sets the size attributes from the (already shrunk) tensors; ``n`` is the new channel
+        count of the layer's input / output position (norms without affine params need it).
+    check: returns a description of every attribute that disagrees with the tensors.
+    zero_inputs: oracle helper, zeroes the weight slices that read the given input channels.
+    mixing: True when the layer normalises *across* channels, so removing one changes the others
+        (surgical equivalence then does not hold exactly; tests use shape / ONNX parity instead).
+    """
+
+    in_dim: int
+    out_dim: int
+    couple: Callable[["RuleContext"], None]
+    sync: Callable[[nn.Module, int, int], None]
+    check: Callable[[nn.Module], list[str]]
+    zero_inputs: Optional[Callable[[nn.Module, list[int]], None]] = None
+    mixing: bool = False
+    notes: str = field(default="")
+
+
+def _pass_through(ctx: "RuleContext", skip: int | None = None) -> None:
+    """Every dim of input 0 is the same dim of the output (shape-preserving layers)."""
+    x = ctx.tensor_inputs()[0]
+    n = len(ctx.shape(x))
+    for d in range(n):
+        if skip is None or d != skip % n:
+            ctx.same(ctx.t(x, d), ctx.t(ctx.node, d))
+
+
+# ----------------------------------------------------------------------------------- convolution
+def _couple_conv(ctx: "RuleContext") -> None:
+    m: nn.Conv2d = ctx.module  # type: ignore[assignment]
+    x = ctx.tensor_inputs()[0]
+    xin, out = ctx.t(x, 1), ctx.t(ctx.node, 1)
+    ctx.same(ctx.t(x, 0), ctx.t(ctx.node, 0))
+    ctx.same(out, ctx.p("weight", 0))
+    if m.bias is not None:
+        ctx.same(out, ctx.p("bias", 0))
+    g = m.groups
+    ipg, opg = m.in_channels // g, m.out_channels // g
+    if g == 1:
+        ctx.same(xin, ctx.p("weight", 1))
+    elif ipg == 1:
+        # depthwise (channel multiplier opg): input g feeds outputs [g*opg, (g+1)*opg); removing
+        # input 3 of a 32-channel depthwise conv with opg=2 removes outputs 6 and 7, groups -> 31.
+        ctx.couple(xin, out, IndexMap.block(m.in_channels, opg, "depthwise"))
+    else:
+        # grouped: channel j of every group is one unit so each group keeps the same width; input
+        # c reads weight[:, c % ipg] (groups=4, ipg=8: inputs 3, 11, 19, 27 ~ weight dim 1 index 3).
+        ctx.couple(xin, ctx.p("weight", 1), IndexMap.modulo(m.in_channels, ipg))
+        ctx.couple(out, out, IndexMap.modulo(m.out_channels, opg, "per-group out"))
+
+
+def _sync_conv(m: nn.Module, n_in: int, n_out: int) -> None:
+    old_ipg, old_opg = m.in_channels // m.groups, m.out_channels // m.groups
+    m.out_channels = m.weight.shape[0]
+    if m.groups > 1 and old_ipg == 1:  # depthwise: one group per remaining input channel
+        m.groups = m.out_channels // old_opg
+        m.in_channels = m.groups
+    else:
+        m.in_channels = m.weight.shape[1] * m.groups
+
+
+def _check_conv(m: nn.Module) -> list[str]:
+    bad = []
+    if m.weight.shape[0] != m.out_channels or m.out_channels % m.groups:
+        bad.append(f"out_channels={m.out_channels}, groups={m.groups} vs weight {tuple(m.weight.shape)}")
+    if m.weight.shape[1] * m.groups != m.in_channels:
+        bad.append(f"in_channels={m.in_channels}, groups={m.groups} vs weight {tuple(m.weight.shape)}")
+    if m.bias is not None and m.bias.shape[0] != m.out_channels:
+        bad.append(f"bias {tuple(m.bias.shape)} vs out_channels={m.out_channels}")
+    return bad
+
+
+def _zero_conv_inputs(m: nn.Module, channels: list[int]) -> None:
+    # input c belongs to group c // ipg and is read by weight[g*opg:(g+1)*opg, c % ipg]
+    ipg, opg = m.in_channels // m.groups, m.out_channels // m.groups
+    with torch.no_grad():
+        for c in channels:
+            g = c // ipg
+            m.weight[g * opg:(g + 1) * opg, c % ipg] = 0
+
+
+def _couple_conv_transpose(ctx: "RuleContext") -> None:
+    m: nn.ConvTranspose2d = ctx.module  # type: ignore[assignment]
+    x = ctx.tensor_inputs()[0]
+    ctx.same(ctx.t(x, 0), ctx.t(ctx.node, 0))
+    if m.groups != 1:
+        ctx.fix(ctx.t(x, 1), f"grouped {type(m).__name__} is not supported", unsupported=True)
+        return
+    ctx.same(ctx.t(x, 1), ctx.p("weight", 0))  # ConvTranspose weight is (in, out/groups, k...)
+    ctx.same(ctx.t(ctx.node, 1), ctx.p("weight", 1))
+    if m.bias is not None:
+        ctx.same(ctx.t(ctx.node, 1), ctx.p("bias", 0))
+
+
+def _sync_conv_transpose(m: nn.Module, n_in: int, n_out: int) -> None:
+    m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+
+
+def _check_conv_transpose(m: nn.Module) -> list[str]:
+    ok = m.weight.shape[0] == m.in_channels and m.weight.shape[1] * m.groups == m.out_channels
+    ok = ok and (m.bias is None or m.bias.shape[0] == m.out_channels)
+    return [] if ok else [f"in/out_channels={m.in_channels}/{m.out_channels} vs weight {tuple(m.weight.shape)}"]
+
+
+def _zero_conv_transpose_inputs(m: nn.Module, channels: list[int]) -> None:
+    with torch.no_grad():
+        m.weight[channels] = 0
+
+
+# ----------------------------------------------------------------------------------------- linear
+def _couple_linear(ctx: "RuleContext") -> None:
+    m: nn.Linear = ctx.module  # type: ignore[assignment]
+    x = ctx.tensor_inputs()[0]
+    _pass_through(ctx, skip=-1)
+    ctx.same(ctx.t(x, -1), ctx.p("weight", 1))
+    ctx.same(ctx.t(ctx.node, -1), ctx.p("weight", 0))
+    if m.bias is not None:
+        ctx.same(ctx.t(ctx.node, -1), ctx.p("bias", 0))
+
+
+def _sync_linear(m: nn.Module, n_in: int, n_out: int) -> None:
+    m.out_features, m.in_features = m.weight.shape
+
+
+def _check_linear(m: nn.Module) -> list[str]:
+    ok = tuple(m.weight.shape) == (m.out_features, m.in_features)
+    ok = ok and (m.bias is None or m.bias.shape[0] == m.out_features)
+    return [] if ok else [f"in/out_features={m.in_features}/{m.out_features} vs weight {tuple(m.weight.shape)}"]
+
+
+def _zero_linear_inputs(m: nn.Module, channels: list[int]) -> None:
+    with torch.no_grad():
+        m.weight[:, channels] = 0
+
+
+# ------------------------------------------------------------------------------------------ norms
+_NORM_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _couple_per_channel(ctx: "RuleContext", dim: int = 1) -> None:
+    """BatchNorm / InstanceNorm / PReLU / LayerNorm: one entry of each tensor per channel."""
+    x = ctx.tensor_inputs()[0]
+    _pass_through(ctx)
+    for name in _NORM_TENSORS:
+        if ctx.p(name, 0) is not None:
+            ctx.same(ctx.t(x, dim), ctx.p(name, 0))
+
+
+def _sync_num_features(m: nn.Module, n_in: int, n_out: int) -> None:
+    m.num_features = n_out
+
+
+def _check_num_features(m: nn.Module) -> list[str]:
+    bad = []
+    for name in _NORM_TENSORS:
+        t = getattr(m, name, None)
+        if isinstance(t, torch.Tensor) and t.shape[0] != m.num_features:
+            bad.append(f"num_features={m.num_features} vs {name} {tuple(t.shape)}")
+    return bad
+
+
+def _couple_group_norm(ctx: "RuleContext") -> None:
+    m: nn.GroupNorm = ctx.module  # type: ignore[assignment]
+    _couple_per_channel(ctx)
+    # whole groups go together: channel c ~ first channel of its group (cpg=4: 5 ~ 4, 7 ~ 4)
+    cpg = m.num_channels // m.num_groups
+    c = ctx.t(ctx.node, 1)
+    a = torch.arange(m.num_channels).numpy()
+    ctx.couple(c, c, IndexMap("group-norm groups", a, a - a % cpg))
+
+
+def _sync_group_norm(m: nn.Module, n_in: int, n_out: int) -> None:
+    cpg = m.num_channels // m.num_groups
+    m.num_channels, m.num_groups = n_out, n_out // cpg
+
+
+def _check_group_norm(m: nn.Module) -> list[str]:
+    bad = [] if m.num_channels % m.num_groups == 0 else [f"num_channels={m.num_channels} % num_groups={m.num_groups}"]
+    if m.weight is not None and m.weight.shape[0] != m.num_channels:
+        bad.append(f"num_channels={m.num_channels} vs weight {tuple(m.weight.shape)}")
+    return bad
+
+
+def _couple_layer_norm(ctx: "RuleContext") -> None:
+    m: nn.LayerNorm = ctx.module  # type: ignore[assignment]
+    if len(m.normalized_shape) != 1:
+        _pass_through(ctx)  # normalised dims are fixed below (mixing over several dims)
+        x = ctx.tensor_inputs()[0]
+        for d in range(1, len(m.normalized_shape) + 1):
+            ctx.fix(ctx.t(x, -d), "LayerNorm over several dims is not supported", unsupported=True)
+        return
+    _couple_per_channel(ctx, dim=-1)
+
+
+def _sync_layer_norm(m: nn.Module, n_in: int, n_out: int) -> None:
+    m.normalized_shape = (n_out,)
+
+
+def _check_layer_norm(m: nn.Module) -> list[str]:
+    bad = []
+    for name in ("weight", "bias"):
+        t = getattr(m, name, None)
+        if t is not None and tuple(t.shape) != tuple(m.normalized_shape):
+            bad.append(f"normalized_shape={tuple(m.normalized_shape)} vs {name} {tuple(t.shape)}")
+    return bad
+
+
+def _couple_prelu(ctx: "RuleContext") -> None:
+    if ctx.module.num_parameters == 1:
+        _pass_through(ctx)
+    else:
+        _couple_per_channel(ctx)
+
+
+def _sync_prelu(m: nn.Module, n_in: int, n_out: int) -> None:
+    m.num_parameters = m.weight.shape[0]
+
+
+def _check_prelu(m: nn.Module) -> list[str]:
+    return [] if m.weight.numel() == m.num_parameters else [f"num_parameters={m.num_parameters} vs weight {tuple(m.weight.shape)}"]
+
+
+_CONV = LayerSpec(1, 1, _couple_conv, _sync_conv, _check_conv, _zero_conv_inputs)
+_CONVT = LayerSpec(1, 1, _couple_conv_transpose, _sync_conv_transpose, _check_conv_transpose,
+                   _zero_conv_transpose_inputs)
+_NORM = LayerSpec(1, 1, _couple_per_channel, _sync_num_features, _check_num_features)
+
+LAYER_SPECS: dict[type, LayerSpec] = {
+    nn.Conv1d: _CONV, nn.Conv2d: _CONV, nn.Conv3d: _CONV,
+    nn.ConvTranspose1d: _CONVT, nn.ConvTranspose2d: _CONVT, nn.ConvTranspose3d: _CONVT,
+    nn.Linear: LayerSpec(-1, -1, _couple_linear, _sync_linear, _check_linear, _zero_linear_inputs),
+    nn.BatchNorm1d: _NORM, nn.BatchNorm2d: _NORM, nn.BatchNorm3d: _NORM,
+    nn.InstanceNorm1d: _NORM, nn.InstanceNorm2d: _NORM, nn.InstanceNorm3d: _NORM,
+    nn.GroupNorm: LayerSpec(1, 1, _couple_group_norm, _sync_group_norm, _check_group_norm),
+    nn.LayerNorm: LayerSpec(-1, -1, _couple_layer_norm, _sync_layer_norm, _check_layer_norm, mixing=True),
+    nn.PReLU: LayerSpec(1, 1, _couple_prelu, _sync_prelu, _check_prelu),
+}

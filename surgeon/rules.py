@@ -1,0 +1,301 @@
+"""Channel rules for parameter-free ops: how each dim of an op's inputs maps onto its outputs.
+
+A rule receives a ``RuleContext`` (see graph.py) for one fx node and calls ``ctx.same`` /
+``ctx.couple`` for every pair of dims it knows to be the same channel. Whatever a rule leaves
+uncoupled is *fixed* by the graph builder (it can never shrink), so a rule that is unsure simply
+says nothing, or calls ``ctx.fix`` with a reason that is shown to the user.
+"""
+from __future__ import annotations
+
+import operator
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch.fx as fx
+
+from .indexmap import IndexMap
+
+if TYPE_CHECKING:
+    from .graph import RuleContext
+
+__all__ = [
+    "elementwise", "channelwise", "pad", "reduce", "along_dim", "flatten", "reshape", "view",
+    "permute", "transpose", "cat", "split", "chunk", "getitem", "shape_only",
+]
+
+
+def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def elementwise(ctx: "RuleContext") -> None:
+    """Unary / binary / n-ary elementwise ops with numpy broadcasting: dims aligned from the right
+    with equal sizes are the same channel; a broadcast (size-1) dim couples to nothing."""
+    out = ctx.out_shape()
+    for x in ctx.tensor_inputs():
+        s = ctx.shape(x)
+        off = len(out) - len(s)
+        for d, size in enumerate(s):
+            if off + d >= 0 and size == out[off + d]:
+                ctx.same(ctx.t(x, d), ctx.t(ctx.node, off + d))
+
+
+def channelwise(ctx: "RuleContext") -> None:
+    """Pooling, interpolation: batch and channel dims pass through, spatial dims are resized."""
+    x = ctx.tensor_inputs()[0]
+    s, out = ctx.shape(x), ctx.out_shape()
+    for d in range(min(2, len(s), len(out))):
+        if s[d] == out[d]:
+            ctx.same(ctx.t(x, d), ctx.t(ctx.node, d))
+
+
+def pad(ctx: "RuleContext") -> None:
+    """F.pad pads the last len(pad)//2 dims; the others pass through."""
+    x = ctx.tensor_inputs()[0]
+    s = ctx.shape(x)
+    amounts = _arg(ctx.node, 1, "pad", ())
+    if not isinstance(amounts, (tuple, list)):
+        return  # computed at run time: keep everything fixed
+    padded = len(amounts) // 2
+    for d in range(len(s) - padded):
+        ctx.same(ctx.t(x, d), ctx.t(ctx.node, d))
+
+
+def _dims(value: Any, ndim: int) -> list[int] | None:
+    if value is None:
+        return None
+    values = value if isinstance(value, (tuple, list)) else [value]
+    if not all(isinstance(v, int) for v in values):
+        return None
+    return sorted(v % ndim for v in values)
+
+
+def reduce(ctx: "RuleContext") -> None:
+    """mean / sum / amax ... over some dims: the kept dims pass through, the reduced ones are fixed
+    (removing a channel that is summed over would change the result, not zero a slice of it)."""
+    x = ctx.tensor_inputs()[0]
+    s, out = ctx.shape(x), ctx.out_shape()
+    reduced = _dims(_arg(ctx.node, 1, "dim"), len(s))
+    if reduced is None:
+        return  # full reduction or dims computed at run time
+    keepdim = len(out) == len(s)
+    j = 0
+    for d in range(len(s)):
+        if d in reduced:
+            ctx.fix(ctx.t(x, d), f"reduced over by {ctx.op_name}")
+            if keepdim:
+                j += 1
+            continue
+        ctx.same(ctx.t(x, d), ctx.t(ctx.node, j))
+        j += 1
+
+
+def along_dim(ctx: "RuleContext", dim: Any = None) -> None:
+    """softmax-like ops that normalise along one dim: that dim mixes, the others pass through."""
+    x = ctx.tensor_inputs()[0]
+    s = ctx.shape(x)
+    if dim is None:
+        dim = _arg(ctx.node, 1, "dim")
+    if not isinstance(dim, int):
+        return
+    for d in range(len(s)):
+        if d == dim % len(s):
+            ctx.fix(ctx.t(x, d), f"normalised over by {ctx.op_name}")
+        else:
+            ctx.same(ctx.t(x, d), ctx.t(ctx.node, d))
+
+
+def _merge_chunks(s: Sequence[int], o: Sequence[int]) -> list[tuple[list[int], list[int]]] | None:
+    """Split a reshape into chunks of input dims and output dims with equal products.
+
+    (2, 64, 7, 7) -> (2, 3136): chunks ([0], [0]), ([1, 2, 3], [1]). Size-1 dims are left out of
+    every chunk. Returns None when the sizes do not line up.
+    """
+    si = [d for d in range(len(s)) if s[d] != 1]
+    oj = [d for d in range(len(o)) if o[d] != 1]
+    chunks, i, j = [], 0, 0
+    while i < len(si) and j < len(oj):
+        ins, outs = [si[i]], [oj[j]]
+        pi, pj = s[si[i]], o[oj[j]]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj and i < len(si):
+                pi *= s[si[i]]
+                ins.append(si[i])
+                i += 1
+            elif pj < pi and j < len(oj):
+                pj *= o[oj[j]]
+                outs.append(oj[j])
+                j += 1
+            else:
+                return None
+        chunks.append((ins, outs))
+    return chunks if i == len(si) and j == len(oj) else None
+
+
+def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None) -> None:
+    """Shared by flatten / view / reshape / squeeze / unsqueeze.
+
+    A dim that keeps its size maps by identity; merged dims map their *first* (outermost) dim
+    block-wise onto the merged dim (channel c of C x H x W -> [c*H*W, (c+1)*H*W)) and fix the
+    rest; a dim split into several is fixed. ``size_args`` are the requested output sizes of a
+    view / reshape: an output dim whose requested size is a hard-coded int would keep its old
+    size after pruning, so it is fixed (a warning names it) unless it is -1 or computed at run time.
+    """
+    x = ctx.tensor_inputs()[0]
+    s, out = ctx.shape(x), ctx.out_shape()
+    chunks = _merge_chunks(s, out)
+    if chunks is None:
+        return
+    for ins, outs in chunks:
+        if len(outs) != 1:
+            continue  # one dim split into several (e.g. channel shuffle): fixed
+        o = outs[0]
+        if size_args is not None:
+            requested = size_args[o] if o < len(size_args) else None
+            if isinstance(requested, int) and requested != -1:
+                why = f"hard-coded size {requested} in {ctx.op_name}"
+                for d in ins:
+                    ctx.fix(ctx.t(x, d), why, unsupported=True)
+                ctx.fix(ctx.t(ctx.node, o), why, unsupported=True)
+                continue
+        k = 1
+        for d in ins[1:]:
+            k *= s[d]
+        ctx.couple(ctx.t(x, ins[0]), ctx.t(ctx.node, o), IndexMap.block(s[ins[0]], k) if k > 1
+                   else IndexMap.identity(s[ins[0]]))
+
+
+def flatten(ctx: "RuleContext") -> None:
+    """flatten / squeeze / unsqueeze and nn.Flatten: their arguments are dims, never sizes."""
+    _couple_reshape(ctx, None)
+
+
+def view(ctx: "RuleContext") -> None:
+    """x.view(*sizes) / x.reshape(*sizes) / torch.reshape(x, sizes)."""
+    node = ctx.node
+    rest = list(node.args[1:]) or [node.kwargs.get("shape", node.kwargs.get("size"))]
+    sizes = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+    if len(sizes) == 1 and isinstance(sizes[0], fx.Node):
+        sizes = None  # a whole shape computed at run time; the post-surgery shape check guards it
+    _couple_reshape(ctx, list(sizes) if sizes is not None else None)
+
+
+reshape = view
+
+
+def permute(ctx: "RuleContext") -> None:
+    """Output dim i is input dim perm[i]."""
+    x = ctx.tensor_inputs()[0]
+    node = ctx.node
+    rest = list(node.args[1:]) or [node.kwargs.get("dims")]
+    perm = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+    if not all(isinstance(p, int) for p in perm):
+        return
+    n = len(ctx.shape(x))
+    for i, p in enumerate(perm):
+        ctx.same(ctx.t(x, p % n), ctx.t(node, i))
+
+
+def transpose(ctx: "RuleContext") -> None:
+    x = ctx.tensor_inputs()[0]
+    n = len(ctx.shape(x))
+    d0, d1 = _arg(ctx.node, 1, "dim0"), _arg(ctx.node, 2, "dim1")
+    if not (isinstance(d0, int) and isinstance(d1, int)):
+        return
+    perm = list(range(n))
+    perm[d0 % n], perm[d1 % n] = perm[d1 % n], perm[d0 % n]
+    for i, p in enumerate(perm):
+        ctx.same(ctx.t(x, p), ctx.t(ctx.node, i))
+
+
+def cat(ctx: "RuleContext") -> None:
+    """torch.cat: input k lands at offset sum(sizes[:k]) along the cat dim; other dims identity."""
+    out = ctx.out_shape()
+    dim = _arg(ctx.node, 1, "dim", 0)
+    inputs = ctx.tensor_inputs()
+    if not isinstance(dim, int) or len(inputs) != len(ctx.node.args[0]):
+        return  # non-tensor entries or a run-time dim
+    dim %= len(out)
+    off = 0
+    for x in inputs:
+        s = ctx.shape(x)
+        for d in range(len(s)):
+            if d == dim:
+                ctx.couple(ctx.t(x, d), ctx.t(ctx.node, d), IndexMap.offset(s[d], off))
+            else:
+                ctx.same(ctx.t(x, d), ctx.t(ctx.node, d))
+        off += s[dim]
+
+
+def _pieces(ctx: "RuleContext", dim: int) -> None:
+    """Dims other than the split dim pass through to every piece of a split / chunk."""
+    x = ctx.tensor_inputs()[0]
+    for k in range(ctx.n_outputs()):
+        for d in range(len(ctx.shape(x))):
+            if d != dim:
+                ctx.same(ctx.t(x, d), ctx.t((ctx.node, k), d))
+
+
+def chunk(ctx: "RuleContext") -> None:
+    """x.chunk(n, dim): piece sizes are recomputed from the tensor at run time, so pruning stays
+    valid if every piece loses the same local indices: element j of piece k (input k*size + j)
+    is coupled with element j of every other piece."""
+    x = ctx.tensor_inputs()[0]
+    s = ctx.shape(x)
+    dim = _arg(ctx.node, 2, "dim", 0)
+    if not isinstance(dim, int):
+        return
+    dim %= len(s)
+    n = ctx.n_outputs()
+    _pieces(ctx, dim)
+    size = ctx.shape((ctx.node, 0))[dim]
+    if any(ctx.shape((ctx.node, k))[dim] != size for k in range(n)) or size * n != s[dim]:
+        return  # uneven pieces: the split point would move after pruning
+    for k in range(n):
+        ctx.couple(ctx.t(x, dim), ctx.t((ctx.node, k), dim), IndexMap.offset(size, k * size, "chunk"))
+        if k:
+            ctx.same(ctx.t((ctx.node, 0), dim), ctx.t((ctx.node, k), dim))
+
+
+def split(ctx: "RuleContext") -> None:
+    """torch.split with hard-coded sizes: the pieces keep their sizes only if nothing along the split
+    dim is removed, so that dim is fixed (other dims pass through)."""
+    x = ctx.tensor_inputs()[0]
+    dim = _arg(ctx.node, 2, "dim", 0)
+    if not isinstance(dim, int):
+        return
+    dim %= len(ctx.shape(x))
+    _pieces(ctx, dim)
+    ctx.fix(ctx.t(x, dim), f"hard-coded split sizes in {ctx.op_name}", unsupported=True)
+
+
+def getitem(ctx: "RuleContext") -> None:
+    """``outputs[k]`` of a tuple-producing op, or basic slicing of a tensor (``x[:, :, 1:]``)."""
+    src, index = ctx.node.args[0], ctx.node.args[1]
+    if ctx.is_tuple(src):
+        if isinstance(index, int):
+            for d in range(len(ctx.out_shape())):
+                ctx.same(ctx.t((src, index), d), ctx.t(ctx.node, d))
+        return
+    items = index if isinstance(index, tuple) else (index,)
+    if not all(isinstance(i, slice) or i is Ellipsis for i in items) or list(items).count(Ellipsis) > 1:
+        return  # integer / tensor / None indexing: fixed
+    s = ctx.shape(src)
+    if Ellipsis in items:
+        e = items.index(Ellipsis)
+        items = items[:e] + (slice(None),) * (len(s) - len(items) + 1) + items[e + 1:]
+    items = items + (slice(None),) * (len(s) - len(items))
+    for d, it in enumerate(items):
+        if it == slice(None):
+            ctx.same(ctx.t(src, d), ctx.t(ctx.node, d))
+        else:
+            ctx.fix(ctx.t(src, d), f"sliced by {ctx.op_name}", unsupported=True)
+
+
+def shape_only(ctx: "RuleContext") -> None:
+    """x.size() / x.shape / x.dim(): reading a size couples and fixes nothing."""
+
+
+GETITEM = operator.getitem

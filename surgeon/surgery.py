@@ -1,0 +1,158 @@
+"""Step 6: physical surgery. Replace every affected parameter / buffer by a smaller tensor, update
+the layers' size attributes, then check the post-conditions; restore everything if any step fails.
+
+Post-conditions (each one has a test proving it fires):
+1. every registered layer's attributes agree with its tensors (``LayerSpec.check``);
+2. the model still traces and runs on the example inputs, and every activation position has the
+   size the plan predicts (original size minus removed indices).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import SurgeryError
+from .graph import iter_module_calls
+from .indexmap import Pos
+from .trace import Traced, trace_fx
+
+if TYPE_CHECKING:
+    from .dependency import ChannelGraph
+
+__all__ = ["apply_removal", "resolve_tensor", "check_layers", "Snapshot"]
+
+
+def resolve_tensor(model: nn.Module, path: str) -> torch.Tensor:
+    owner_name, _, name = path.rpartition(".")
+    owner = model.get_submodule(owner_name) if owner_name else model
+    t = getattr(owner, name)
+    assert isinstance(t, torch.Tensor), f"{path} is not a tensor"
+    return t
+
+
+def _holders(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, str]]]:
+    """id(tensor) -> every (module, attribute name, kind) that holds it (tied weights: several)."""
+    holders: dict[int, list[tuple[nn.Module, str, str]]] = {}
+    for m in model.modules():
+        for kind, table in (("param", m._parameters), ("buffer", m._buffers)):
+            for name, t in table.items():
+                if t is not None:
+                    holders.setdefault(id(t), []).append((m, name, kind))
+        for name, v in vars(m).items():
+            if isinstance(v, torch.Tensor) and not name.startswith("_"):
+                holders.setdefault(id(v), []).append((m, name, "attr"))
+    return holders
+
+
+class Snapshot:
+    """References to the tensors and attributes of some modules. Surgery never edits a tensor in
+    place (index_select makes new ones), so restoring the references restores the model exactly."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self._saved = [(m, dict(m._parameters), dict(m._buffers),
+                        {k: v for k, v in vars(m).items() if not k.startswith("_")}) for m in modules]
+
+    def restore(self) -> None:
+        for m, params, buffers, attrs in self._saved:
+            m._parameters.clear()
+            m._parameters.update(params)
+            m._buffers.clear()
+            m._buffers.update(buffers)
+            for k in [k for k in vars(m) if not k.startswith("_") and k not in attrs]:
+                delattr(m, k)
+            for k, v in attrs.items():
+                object.__setattr__(m, k, v)
+
+
+def check_layers(model: nn.Module, traced: Traced) -> list[str]:
+    """Every registered layer's size attributes versus its tensors."""
+    bad = []
+    for _, qn, m, entry in iter_module_calls(traced):
+        bad += [f"{qn} ({type(m).__name__}): {msg}" for msg in entry.layer.check(m)]
+    return list(dict.fromkeys(bad))
+
+
+def _new_sizes(graph: "ChannelGraph", removed: dict[Pos, np.ndarray]) -> dict[Pos, int]:
+    return {p: graph.size(p) - len(idx) for p, idx in removed.items() if len(idx)}
+
+
+def _shape_check(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs: Any) -> None:
+    """Re-trace the pruned model and compare every activation's shape with the prediction."""
+    new = trace_fx(graph.model, inputs)
+    shapes: dict[str, Any] = {n.name: n.meta.get("tensor_meta") for n in new.gm.graph.nodes}
+    bad = []
+    for pos in graph.nx.nodes:
+        if pos.kind != "t":
+            continue
+        name, _, k = pos.ref.partition("#")
+        meta = shapes.get(name)
+        if meta is None:
+            continue
+        if k:
+            meta = meta[int(k)] if isinstance(meta, (tuple, list)) else None
+        if meta is None or not hasattr(meta, "shape"):
+            continue
+        want = graph.size(pos) - len(removed.get(pos, ()))
+        got = int(meta.shape[pos.dim])
+        if got != want:
+            bad.append(f"node {name} dim {pos.dim}: expected {want} channels, got {got}")
+    if bad:
+        raise SurgeryError("pruned model computes tensors of unexpected shapes: " + "; ".join(bad[:5]))
+
+
+def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs: Any) -> None:
+    """Physically remove ``removed`` (position -> sorted indices) from ``graph.model``, atomically."""
+    model = graph.model
+    holders = _holders(model)
+    cuts: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for pos, idx in removed.items():
+        if pos.kind == "p" and len(idx):
+            cuts.setdefault(pos.ref, []).append((pos.dim, idx))
+    new_sizes = _new_sizes(graph, removed)
+    calls = [c for c in iter_module_calls(graph.traced)]
+    touched_layers = []
+    for node, qn, m, entry in calls:
+        spec = entry.layer
+        x = node.args[0]
+        pin = Pos("t", x.name, spec.in_dim % len(x.meta["tensor_meta"].shape))
+        pout = Pos("t", node.name, spec.out_dim % len(node.meta["tensor_meta"].shape))
+        if pin in new_sizes or pout in new_sizes:
+            touched_layers.append((m, spec, new_sizes.get(pin, graph.size(pin)),
+                                   new_sizes.get(pout, graph.size(pout))))
+    owners = {id(h[0]): h[0] for path in cuts for h in holders[id(resolve_tensor(model, path))]}
+    for m, *_ in touched_layers:
+        owners[id(m)] = m
+    snap = Snapshot(list(owners.values()))
+    try:
+        for path, dims in cuts.items():
+            old = resolve_tensor(model, path)
+            new = old.detach()
+            for dim, idx in dims:
+                keep = np.setdiff1d(np.arange(new.shape[dim]), idx)
+                new = new.index_select(dim, torch.as_tensor(keep, device=new.device))
+            new = new.clone()
+            if isinstance(old, nn.Parameter):
+                new = nn.Parameter(new, requires_grad=old.requires_grad)
+            for owner, name, kind in holders[id(old)]:  # tied tensors stay tied
+                table = {"param": owner._parameters, "buffer": owner._buffers}.get(kind)
+                if table is not None:
+                    table[name] = new
+                else:
+                    object.__setattr__(owner, name, new)
+        synced: set[int] = set()
+        for m, spec, n_in, n_out in touched_layers:
+            if id(m) not in synced:  # a layer called twice is synced once
+                spec.sync(m, n_in, n_out)
+                synced.add(id(m))
+        bad = check_layers(model, graph.traced)
+        if bad:
+            raise SurgeryError("layer attributes disagree with their tensors after surgery: " + "; ".join(bad[:5]))
+        _shape_check(graph, removed, inputs)
+    except Exception as e:
+        snap.restore()
+        if isinstance(e, SurgeryError):
+            raise SurgeryError(f"{e}. The model was restored unchanged.") from e
+        raise SurgeryError(f"surgery failed ({type(e).__name__}: {e}); the model was restored unchanged.") from e

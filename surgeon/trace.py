@@ -1,0 +1,140 @@
+"""Step 1 of the data flow: symbolic tracing plus shape propagation.
+
+We need two things from the user's model before we can reason about channels: the op-level graph
+(``torch.fx``) and the shape of every intermediate tensor (``ShapeProp``), because index maps such as
+"flatten turns channel c into features [c*H*W, (c+1)*H*W)" depend on the sizes.
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from .errors import TraceFailure
+
+__all__ = ["Traced", "trace_fx", "as_input_tuple"]
+
+
+def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
+    """Normalise ``example_inputs`` (a Tensor or a tuple/list of Tensors) to a tuple."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
+        isinstance(t, torch.Tensor) for t in example_inputs
+    ):
+        return tuple(example_inputs)
+    raise TypeError(
+        "example_inputs must be a torch.Tensor or a non-empty tuple of Tensors, got "
+        f"{type(example_inputs).__name__}; pass e.g. torch.randn(1, 3, 224, 224)"
+    )
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that also treats the user's ``leaf_modules`` as opaque calls."""
+
+    def __init__(self, leaf_types: tuple[type, ...], leaf_names: set[str]) -> None:
+        super().__init__()
+        self._leaf_types = leaf_types
+        self._leaf_names = leaf_names
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if qualname in self._leaf_names or (self._leaf_types and isinstance(m, self._leaf_types)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+@dataclass
+class Traced:
+    """A traced model: the fx graph module plus the shapes every node produced."""
+
+    model: nn.Module
+    gm: fx.GraphModule
+    inputs: tuple[torch.Tensor, ...]
+
+    @property
+    def nodes(self) -> list[fx.Node]:
+        return list(self.gm.graph.nodes)
+
+    def meta(self, node: fx.Node) -> Any:
+        """TensorMetadata (or nested tuple of them) of ``node``'s output, None for non-tensors."""
+        return node.meta.get("tensor_meta")
+
+    def shape(self, node: fx.Node, index: int | None = None) -> tuple[int, ...] | None:
+        m = self.meta(node)
+        if index is not None:
+            if not isinstance(m, (tuple, list)) or index >= len(m):
+                return None
+            m = m[index]
+        return tuple(m.shape) if isinstance(m, TensorMetadata) else None
+
+
+def _user_frame(exc: BaseException) -> str:
+    """The innermost frame of the traceback outside torch: where the user's code failed."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f" at {f.filename}:{f.lineno} ({f.line!s})"
+
+
+def _resolve_leaves(model: nn.Module, leaf_modules: Iterable[Any]) -> tuple[tuple[type, ...], set[str]]:
+    types: list[type] = []
+    names: set[str] = set()
+    by_id = {id(m): n for n, m in model.named_modules()}
+    for leaf in leaf_modules:
+        if isinstance(leaf, type):
+            types.append(leaf)
+        elif isinstance(leaf, str):
+            if leaf not in dict(model.named_modules()):
+                raise ValueError(f"leaf_modules names {leaf!r}, which is not a submodule of the model")
+            names.add(leaf)
+        elif isinstance(leaf, nn.Module) and id(leaf) in by_id:
+            names.add(by_id[id(leaf)])
+        else:
+            raise ValueError(f"leaf_modules entry {leaf!r} is not a module type, a submodule or its name")
+    return tuple(types), names
+
+
+def trace_fx(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = ()) -> Traced:
+    """Symbolically trace ``model`` and propagate shapes from ``example_inputs``.
+
+    Raises TraceFailure naming the failing code and what to do about it.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = as_input_tuple(example_inputs)
+    leaf_types, leaf_names = _resolve_leaves(model, leaf_modules)
+    tracer = _Tracer(leaf_types, leaf_names)
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError...
+        raise TraceFailure(
+            f"torch.fx could not trace {type(model).__name__}{_user_frame(e)}: {type(e).__name__}: {e}. "
+            "This usually means data-dependent Python control flow (if/for on tensor values or shapes) "
+            "in a forward(). Mark the submodule that contains it as a leaf, e.g. "
+            "surgeon.trace(model, x, leaf_modules=[model.block]) (its channels are then frozen), "
+            "or rewrite the branch with tensor ops."
+        ) from e
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    was_training = model.training
+    model.eval()
+    try:
+        # Fake tensors: shapes without arithmetic, so tracing a 224x224 ResNet-50 costs no forward.
+        with torch.no_grad():
+            ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(*inputs)
+    except Exception as e:
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        raise TraceFailure(
+            f"running {type(model).__name__} on example inputs of shape {shapes} failed "
+            f"({type(e).__name__}: {e}). Pass example inputs with the shape the model expects "
+            "(batch first, e.g. (1, 3, 224, 224))."
+        ) from e
+    finally:
+        model.train(was_training)
+    return Traced(model=model, gm=gm, inputs=inputs)
