@@ -1,1 +1,40 @@
-"""surgeon: structured pruning graph surgeon for PyTorch."""
+"""surgeon: a structured-pruning graph surgeon for PyTorch.
+
+Data flow, one module each: trace (torch.fx + shapes) -> graph (networkx channel positions) ->
+groups (coupled channels) -> criteria (scores) -> plan -> surgery (physical removal) -> export
+(ONNX + onnxruntime parity) -> bench.
+
+    import surgeon
+    graph = surgeon.trace(model, x)            # graph.nx, graph.groups, graph.summary()
+    plan = surgeon.plan(model, x, ratio=0.5)   # plan.removed(), plan.summary()
+    plan.apply()                               # prunes in place, atomically
+    surgeon.export_onnx(model, x, "model.onnx")
+"""
+from __future__ import annotations
+
+from .checkpoint import load, save
+from .criteria import CRITERIA
+from .dependency import ChannelGraph, FrozenGroupWarning, trace
+from .errors import NothingToPrune, SurgeryError, TraceFailure
+from .groups import Group
+from .indexmap import IndexMap, Pos
+from .mask import mask, remove_masks, sparsity
+from .plan import GroupCut, Plan, plan, prune
+from .verify import EquivalenceError, assert_equivalent, zeroed_reference
+
+__all__ = [
+    "trace", "plan", "prune", "mask", "remove_masks", "sparsity", "export_onnx", "save", "load",
+    "count", "ChannelGraph", "Group", "Plan", "GroupCut", "Pos", "IndexMap", "CRITERIA",
+    "TraceFailure", "NothingToPrune", "SurgeryError", "FrozenGroupWarning", "EquivalenceError",
+    "zeroed_reference", "assert_equivalent",
+]
+
+
+def __getattr__(name: str):  # export / count import onnx lazily: keep `import surgeon` light
+    if name == "export_onnx":
+        from .export import export_onnx
+        return export_onnx
+    if name == "count":
+        from .count import count
+        return count
+    raise AttributeError(f"module 'surgeon' has no attribute {name!r}")

@@ -14,7 +14,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.fx.node import map_aggregate
+from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from .errors import TraceFailure
 
@@ -74,6 +75,38 @@ class Traced:
         return tuple(m.shape) if isinstance(m, TensorMetadata) else None
 
 
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph (under a fake mode when given) and stores each node's TensorMetadata in
+    ``node.meta["tensor_meta"]``, like fx's ShapeProp but without copying the module."""
+
+    def __init__(self, gm: fx.GraphModule, fake_mode: FakeTensorMode | None) -> None:
+        super().__init__(gm)
+        self.fake_mode = fake_mode
+
+    def run(self, *args: Any) -> Any:  # type: ignore[override]
+        if self.fake_mode is None:
+            return super().run(*args)
+        with self.fake_mode:
+            fake = [self.fake_mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+            return super().run(*fake)
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        found = False
+
+        def meta(obj: Any) -> Any:
+            nonlocal found
+            if isinstance(obj, torch.Tensor):
+                found = True
+                return _extract_tensor_metadata(obj)
+            return obj
+
+        m = map_aggregate(result, meta)
+        if found:
+            n.meta["tensor_meta"] = m
+        return result
+
+
 def _user_frame(exc: BaseException) -> str:
     """The innermost frame of the traceback outside torch: where the user's code failed."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename]
@@ -125,9 +158,12 @@ def trace_fx(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] 
     was_training = model.training
     model.eval()
     try:
-        # Fake tensors: shapes without arithmetic, so tracing a 224x224 ResNet-50 costs no forward.
-        with torch.no_grad():
-            ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(*inputs)
+        try:  # fake tensors: shapes without arithmetic, so a 224x224 ResNet-50 costs no forward
+            with torch.no_grad():
+                _ShapeRecorder(gm, FakeTensorMode(allow_non_fake_inputs=True)).run(*inputs)
+        except Exception:  # an op without a fake kernel: record shapes from a real forward
+            with torch.no_grad():
+                _ShapeRecorder(gm, None).run(*inputs)
     except Exception as e:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
         raise TraceFailure(

@@ -1,0 +1,92 @@
+"""Saving a pruned model and loading it back into a freshly built instance of the original class.
+
+A plain ``state_dict`` cannot be loaded into the original architecture (the shapes differ), so the
+file also stores every registered layer's size attributes. Loading reshapes the fresh model's
+tensors and attributes first, then loads the weights. Only tensors, ints, strings and lists are
+stored, so ``torch.load(..., weights_only=True)`` reads it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from .layers import LAYER_SPECS
+from .registry import lookup
+from .surgery import Snapshot
+
+__all__ = ["save", "load", "FORMAT"]
+
+FORMAT = "surgeon-pruned-v1"
+_SIZE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features",
+               "num_features", "num_channels", "num_groups", "normalized_shape", "num_parameters")
+
+
+def _layer_attrs(model: nn.Module) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, m in model.named_modules():
+        entry = lookup("call_module", name, m)
+        if entry is not None and entry.layer is not None:
+            attrs = {a: getattr(m, a) for a in _SIZE_ATTRS if hasattr(m, a)}
+            out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
+    return out
+
+
+def save(model: nn.Module, path: Union[str, os.PathLike]) -> Path:
+    """Write the (pruned) model's weights and layer sizes to ``path``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": FORMAT, "state_dict": model.state_dict(), "layers": _layer_attrs(model)}, path)
+    return path
+
+
+def load(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
+    """Load a file written by ``save`` into ``model`` (a fresh instance of the original class).
+
+    Tensors whose stored shape differs are replaced by tensors of the stored shape before loading;
+    layer attributes are set from the file. On any error the model is left unchanged.
+    """
+    try:
+        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable surgeon checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a surgeon checkpoint (expected format {FORMAT!r}); "
+                         "write it with surgeon.save(model, path)")
+    state, layers = blob["state_dict"], blob["layers"]
+    modules = dict(model.named_modules())
+    snap = Snapshot(list(modules.values()))
+    try:
+        for key, value in state.items():
+            owner_name, _, name = key.rpartition(".")
+            owner = modules.get(owner_name)
+            if owner is None:
+                raise ValueError(f"{path} holds {key!r}, but the model has no module {owner_name!r}: "
+                                 "load it into the architecture it was pruned from")
+            old = getattr(owner, name, None)
+            if isinstance(old, torch.Tensor) and old.shape != value.shape:
+                if name in owner._parameters:
+                    owner._parameters[name] = nn.Parameter(torch.empty_like(value, dtype=old.dtype),
+                                                           requires_grad=old.requires_grad)
+                elif name in owner._buffers:
+                    owner._buffers[name] = torch.empty_like(value, dtype=old.dtype)
+        for name, attrs in layers.items():
+            m = modules.get(name)
+            if m is None:
+                raise ValueError(f"{path} describes layer {name!r}, which the model does not have")
+            for k, v in attrs.items():
+                setattr(m, k, tuple(v) if isinstance(v, list) else v)
+        model.load_state_dict(state, strict=True)
+        bad = [f"{n}: {msg}" for n, m in modules.items() if type(m) in LAYER_SPECS
+               for msg in LAYER_SPECS[type(m)].check(m)]
+        if bad:
+            raise ValueError("loaded layers disagree with their tensors: " + "; ".join(bad[:5]))
+    except Exception:
+        snap.restore()
+        raise
+    return model
