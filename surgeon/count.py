@@ -355,14 +355,15 @@ def _count_hooks(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[Nod
                     seen.add(id(p))
                     params += p.numel()
             calls[path] = calls.get(path, 0) + 1
-            name = path if calls[path] == 1 else f"{path}#{calls[path]}"
+            base = path or type(m).__name__
+            name = base if calls[path] == 1 else f"{base}#{calls[path]}"
             rows.append(NodeCount(name, type(m).__name__, kind, macs, params, path))
         return hook
 
     handles = [
         m.register_forward_hook(make_hook(path))
         for path, m in model.named_modules()
-        if path and not any(True for _ in m.children())
+        if not any(True for _ in m.children())  # leaves (the root too, if it is one)
     ]
     try:
         model(*inputs)

@@ -10,25 +10,36 @@ a batch of a different size, so that a file it returns is known to work.
 
 Exporter choice (measured with torch 2.13, onnx 1.23, onnxscript 0.7,
 onnxruntime 1.32 on CNNs: ResNet-like with BN / residual add / adaptive pool /
-flatten + Linear, ConvTranspose2d + ``torch.cat``, ``x.view(x.size(0), -1)``):
+flatten + Linear, ConvTranspose2d + ``torch.cat``, ``x.view(x.size(0), -1)``,
+two-input/two-output): both exporters produce correct files with a working
+dynamic batch for all of them.
 
-* The legacy TorchScript exporter (``dynamo=False``) handled all of them,
-  takes ~0.01-0.1 s per small model, writes one self-contained ``.onnx`` file
-  and keeps the batch symbolic through ``x.size(0)``.  It is deprecated (it
-  emits ``DeprecationWarning`` on every call), so it may disappear in a future
-  torch; it is tried first.
-* The ``torch.export``-based exporter (``dynamo=True`` + onnxscript) also
-  handled all of them, but costs ~1-4 s per small model, by default writes the
-  weights into a ``.onnx.data`` sidecar (we pass ``external_data=False``),
-  logs "torchvision is not installed" warnings, and on failure (e.g.
-  data-dependent Python control flow such as ``if x.sum() > 0``, which the
-  TorchScript exporter simply traces through) prints whole FX graphs to
-  stderr.  It is the fallback, with its diagnostics captured rather than
-  printed.
+* The legacy TorchScript exporter (``dynamo=False``) takes ~0.01-0.1 s per
+  small model (the dynamo one 1-4 s; at ResNet-18/224 both are dominated by
+  the verification), writes one self-contained ``.onnx`` file and keeps the
+  batch symbolic through ``x.size(0)``.  It is tried first.  Weak spots: it is
+  deprecated (a ``DeprecationWarning`` on every call; it may disappear from a
+  future torch), it has no symbolic for newer ops (``F.rms_norm`` /
+  ``nn.RMSNorm``, ``torch.diff``, ``logcumsumexp`` raise
+  ``UnsupportedOperatorError``), and on such a failure it dumps its whole IR
+  graph to fd 1 from C++ (its ``setup_onnx_logging`` switches that logger on
+  and never off).
+* The ``torch.export``-based exporter (``dynamo=True`` + onnxscript) is the
+  fallback: it handles those newer ops, but writes a ``.onnx.data`` sidecar by
+  default (we pass ``external_data=False`` below 1.8 GB of weights), logs
+  "torchvision is not installed" warnings, cannot export data-dependent
+  Python control flow (``if x.sum() > 0``, which the TorchScript exporter
+  traces through with a ``TracerWarning``) and prints partial FX graphs to
+  stderr when it fails.
 
-An export attempt counts as failed when exporting raises, the checker rejects
-the file, ONNX Runtime cannot load it, or (with ``check=True``) its outputs do
-not match PyTorch; the next exporter is then tried.
+Everything the exporters print is captured (see :func:`_captured_output`) and
+kept in :attr:`OnnxExportError.diagnostics`; warnings other than the known
+harmless ones are re-emitted only for the exporter whose file is returned.  An
+attempt counts as failed when exporting raises, the checker rejects the file,
+ONNX Runtime cannot load it, or (with ``check=True``) its outputs do not match
+PyTorch, including on the larger batch (a batch size baked in as a constant
+shows up there); the next exporter is then tried.  Files are written to a
+staging folder next to ``path`` and only moved into place once verified.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import logging
 import os
 import pathlib
 import re
+import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, Union
@@ -329,7 +341,60 @@ class _Attempt:
 
     def __init__(self) -> None:
         self.warnings: list[warnings.WarningMessage] = []
-        self.output = io.StringIO()
+        self.output = ""
+
+
+def _flush_c_stdio() -> None:
+    """Flush C ``stdout``/``stderr`` buffers (C++ ``std::cout`` writes land there)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError, TypeError):  # no libc symbol table (e.g. Windows)
+        pass
+
+
+@contextlib.contextmanager
+def _captured_output(attempt: _Attempt) -> Iterator[None]:
+    """Capture everything the exporter prints, at Python *and* file-descriptor level.
+
+    Both exporters print on failure: the TorchScript exporter dumps its whole
+    IR graph through a C++ logger straight to fd 1 (torch 2.13's
+    ``setup_onnx_logging`` tests a function object for truthiness, so that
+    logger is switched on by every export and never switched off), and
+    ``torch.export`` prints partial FX graphs to ``sys.stderr``.  The text is
+    kept in ``attempt.output`` (and in :attr:`OnnxExportError.diagnostics`)
+    rather than flooding the terminal when, e.g., the fallback then succeeds.
+    """
+    import tempfile
+
+    py_buf = io.StringIO()
+    saved: list[tuple[int, int]] = []
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        _flush_c_stdio()
+        try:
+            for fd in (1, 2):
+                saved.append((fd, os.dup(fd)))
+                os.dup2(tmp.fileno(), fd)
+        except OSError:  # no usable fds (embedded interpreters): Python-level only
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            saved = []
+        try:
+            with contextlib.redirect_stdout(py_buf), contextlib.redirect_stderr(py_buf):
+                yield
+        finally:
+            _flush_c_stdio()
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+            tmp.seek(0)
+            fd_text = tmp.read().decode("utf-8", errors="replace")
+            attempt.output = py_buf.getvalue() + fd_text
 
 
 def _export_torchscript(
@@ -347,7 +412,8 @@ def _export_torchscript(
         kwargs["dynamic_axes"] = {n: {0: "batch"} for n in in_names + out_names}
     if opset is not None:
         kwargs["opset_version"] = opset
-    with _quiet() as caught:
+    log_was_enabled = torch._C._jit_is_onnx_log_enabled()
+    with _quiet() as caught, _captured_output(attempt):
         try:
             torch.onnx.export(
                 model, inputs, str(path), dynamo=False,
@@ -356,6 +422,8 @@ def _export_torchscript(
             )
         finally:
             attempt.warnings = list(caught)
+            # undo the logger leak described in _captured_output
+            torch._C._jit_set_onnx_log_enabled(log_was_enabled)
 
 
 def _export_dynamo(
@@ -375,10 +443,7 @@ def _export_dynamo(
     if opset is not None:
         kwargs["opset_version"] = opset
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    # torch.export prints partial graphs to stderr when it fails; that text is
-    # kept in OnnxExportError.diagnostics instead of flooding the terminal.
-    with _quiet(_DYNAMO_LOGGERS) as caught, contextlib.redirect_stdout(attempt.output), \
-            contextlib.redirect_stderr(attempt.output):
+    with _quiet(_DYNAMO_LOGGERS) as caught, _captured_output(attempt):
         try:
             torch.onnx.export(
                 model, inputs, str(path), dynamo=True,
@@ -393,29 +458,59 @@ def _export_dynamo(
 _EXPORTERS = {"torchscript": _export_torchscript, "dynamo": _export_dynamo}
 
 
-def _prepare_path(path: PathLike) -> tuple[pathlib.Path, bool]:
-    """Create parent folders and prove ``path`` is writable before exporting.
+def _prepare_path(path: PathLike) -> pathlib.Path:
+    """Validate ``path`` and create its parent folders before exporting.
 
     Exporting can take a while; failing afterwards on a typo'd folder wastes
-    it, and the exporters' own errors for this are obscure.  Returns the path
-    and whether the file already existed (so a failed export removes only files
-    it created).
+    it, and the exporters' own errors for this are obscure.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     p = pathlib.Path(path).expanduser()
     if p.is_dir():
         raise IsADirectoryError(f"cannot write ONNX file {p}: it is a directory")
-    existed = p.exists()
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "ab"):
-            pass
     except OSError as exc:
-        raise type(exc)(
-            exc.errno, f"cannot write ONNX file {p}: {exc.strerror or exc}"
-        ) from exc
-    return p, existed
+        raise type(exc)(exc.errno, f"cannot write ONNX file {p}: {exc.strerror or exc}") from exc
+    return p
+
+
+@contextlib.contextmanager
+def _staging_dir(p: pathlib.Path) -> Iterator[pathlib.Path]:
+    """A private folder next to ``p`` to export into.
+
+    Files only replace ``p`` (and its external-data sidecars, which keep their
+    relative names) once they are verified, so a failed export neither leaves
+    half-written files nor destroys a previous good export.  Being in the same
+    folder proves it is writable and makes the final move an atomic rename.
+    """
+    import shutil
+    import tempfile
+
+    try:
+        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{p.name}.", dir=p.parent))
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"cannot write ONNX file {p}: {exc.strerror or exc}") from exc
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(staging: pathlib.Path, p: pathlib.Path) -> None:
+    """Move the verified export (main file last) from ``staging`` to ``p``'s folder."""
+    main = staging / p.name
+    for f in sorted(staging.iterdir()):
+        if f != main:
+            os.replace(f, p.parent / f.name)
+    os.replace(main, p)
+
+
+def _clear(staging: pathlib.Path) -> None:
+    for f in staging.iterdir():
+        with contextlib.suppress(OSError):
+            f.unlink()
 
 
 def _check_other_batch(
@@ -443,12 +538,6 @@ def _root_cause(exc: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
     first = text.splitlines()[0] if text else ""
     return f"{type(exc).__name__}: {first[:300]}"
-
-
-def _remove_outputs(p: pathlib.Path) -> None:
-    for f in (p, p.with_name(p.name + ".data")):
-        with contextlib.suppress(OSError):
-            f.unlink()
 
 
 def export_onnx(
@@ -492,37 +581,38 @@ def export_onnx(
         raise ValueError(f"opset must be an int >= 7 or None, got {opset!r}")
     if rtol < 0 or atol < 0:
         raise ValueError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
-    p, existed = _prepare_path(path)
+    p = _prepare_path(path)
     order = list(_EXPORTERS) if exporter == "auto" else [exporter]
 
     failures: dict[str, BaseException] = {}
     diagnostics: list[str] = []
-    with _eval_mode(model):
+    with _eval_mode(model), _staging_dir(p) as staging:
         n_outputs = len(_flatten_tensors(model(*inputs)))
         if n_outputs == 0:
             raise ValueError("the model returned no tensors; there is nothing to export")
+        target = staging / p.name
         for name in order:
             attempt = _Attempt()
             try:
-                _EXPORTERS[name](model, inputs, p, opset, dynamic_batch, n_outputs, attempt)
-                onnx.checker.check_model(str(p))
-                session = onnx_session(p)
+                _EXPORTERS[name](model, inputs, target, opset, dynamic_batch, n_outputs, attempt)
+                onnx.checker.check_model(str(target))
+                session = onnx_session(target)
                 if check:
                     compare_onnx(model, session, inputs, rtol, atol)
                     if dynamic_batch:
                         _check_other_batch(model, session, inputs, rtol, atol)
+                del session  # release the file before moving it (Windows)
             except Exception as exc:  # try the next exporter, report all at the end
                 failures[name] = exc
-                if attempt.output.getvalue():
-                    diagnostics.append(f"--- {name} ---\n{attempt.output.getvalue()}")
-                _remove_outputs(p)
+                if attempt.output:
+                    diagnostics.append(f"--- {name} ---\n{attempt.output}")
+                _clear(staging)
                 continue
+            _publish(staging, p)
             for w in attempt.warnings:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             return p
 
-    if existed is False:
-        _remove_outputs(p)
     if all(isinstance(e, OnnxMismatchError) for e in failures.values()):
         first = next(iter(failures.values()))
         raise OnnxMismatchError(str(first)) from first

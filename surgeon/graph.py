@@ -74,6 +74,7 @@ class RuleContext:
         self.qualname = qualname
         self.op_name = op_label(node, module)
         self.touched: set[Pos] = set()
+        self.unused: set[Any] = set()  # inputs the op does not consume (other tuple elements)
         self.mixing = False  # set for layers that normalise across channels (LayerNorm)
 
     # ---------------------------------------------------------------------------------- shapes
@@ -92,6 +93,10 @@ class RuleContext:
 
     def is_tuple(self, ref: Any) -> bool:
         return isinstance(ref, fx.Node) and isinstance(ref.meta.get("tensor_meta"), (tuple, list))
+
+    def tuple_len(self, node: fx.Node) -> int:
+        m = node.meta.get("tensor_meta")
+        return len(m) if isinstance(m, (tuple, list)) else 1
 
     def n_outputs(self) -> int:
         m = self.node.meta.get("tensor_meta")
@@ -120,6 +125,10 @@ class RuleContext:
     def couple(self, a: Pos | None, b: Pos | None, imap: IndexMap) -> None:
         if a is None or b is None:
             return
+        na, nb = self._b.g.nodes[a]["size"], self._b.g.nodes[b]["size"]
+        assert imap.src.size == 0 or (0 <= imap.src.min() and imap.src.max() < na
+                                      and 0 <= imap.dst.min() and imap.dst.max() < nb), (
+            f"{self.op_name} rule maps indices outside {a} (size {na}) or {b} (size {nb})")
         self._b.g.add_edge(a, b, map=imap, node=self.node.name, op=self.op_name)
 
     def same(self, a: Pos | None, b: Pos | None) -> None:
@@ -131,6 +140,10 @@ class RuleContext:
 
     def fix(self, pos: Pos, reason: str, unsupported: bool = False) -> None:
         self._b.fix(pos, Fixed(reason, self.node.name, unsupported))
+
+    def unused_input(self, ref: Ref) -> None:
+        """Declare that the op does not read ``ref`` (``outputs[1]`` does not read outputs[0])."""
+        self.unused.add(ref)
 
 
 class _Builder:
@@ -240,6 +253,8 @@ class _Builder:
             return
         why = Fixed(f"not mapped through {ctx.op_name}", node.name)
         for ref in ins + outs:
+            if ref in ctx.unused:
+                continue
             for p in self.all_positions(ref):
                 if p not in ctx.touched:
                     self.fix(p, why)

@@ -159,11 +159,14 @@ class Plan:
         if verify:
             from .verify import zeroed_reference
             reference = zeroed_reference(self.model, self.removed())
-        apply_removal(self.graph, self.removed_positions(), self.graph.traced.inputs)
-        self.applied = True
+        check = None
         if reference is not None:
             from .verify import assert_equivalent
-            assert_equivalent(reference, self.model, self.graph.traced.inputs)
+
+            def check() -> None:
+                assert_equivalent(reference, self.model, self.graph.traced.inputs)
+        apply_removal(self.graph, self.removed_positions(), self.graph.traced.inputs, check)
+        self.applied = True
         return self.model
 
 
@@ -181,6 +184,8 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = 0.5,
         are never pruned.
     round_to: keep channel counts multiples of this number (e.g. 8 for vectorised kernels).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     ratio = _check_ratio(ratio)
     score = get_criterion(criterion)
     if scope != "local":

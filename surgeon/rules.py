@@ -11,6 +11,7 @@ import operator
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch.fx as fx
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from .indexmap import IndexMap
 
@@ -254,7 +255,8 @@ def chunk(ctx: "RuleContext") -> None:
     if any(ctx.shape((ctx.node, k))[dim] != size for k in range(n)) or size * n != s[dim]:
         return  # uneven pieces: the split point would move after pruning
     for k in range(n):
-        ctx.couple(ctx.t(x, dim), ctx.t((ctx.node, k), dim), IndexMap.offset(size, k * size, "chunk"))
+        # piece k element j is input element k*size + j
+        ctx.couple(ctx.t((ctx.node, k), dim), ctx.t(x, dim), IndexMap.offset(size, k * size, "chunk"))
         if k:
             ctx.same(ctx.t((ctx.node, 0), dim), ctx.t((ctx.node, k), dim))
 
@@ -275,9 +277,16 @@ def getitem(ctx: "RuleContext") -> None:
     """``outputs[k]`` of a tuple-producing op, or basic slicing of a tensor (``x[:, :, 1:]``)."""
     src, index = ctx.node.args[0], ctx.node.args[1]
     if ctx.is_tuple(src):
+        if not isinstance(ctx.node.meta.get("tensor_meta"), TensorMetadata):
+            for ref in ctx.tensor_inputs():  # picks a non-tensor element
+                ctx.unused_input(ref)
+            return
         if isinstance(index, int):
             for d in range(len(ctx.out_shape())):
                 ctx.same(ctx.t((src, index), d), ctx.t(ctx.node, d))
+            for ref in ctx.tensor_inputs():
+                if ref != (src, index % ctx.tuple_len(src)):
+                    ctx.unused_input(ref)
         return
     items = index if isinstance(index, tuple) else (index,)
     if not all(isinstance(i, slice) or i is Ellipsis for i in items) or list(items).count(Ellipsis) > 1:

@@ -8,7 +8,7 @@ Post-conditions (each one has a test proving it fires):
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -103,8 +103,13 @@ def _shape_check(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs: 
         raise SurgeryError("pruned model computes tensors of unexpected shapes: " + "; ".join(bad[:5]))
 
 
-def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs: Any) -> None:
-    """Physically remove ``removed`` (position -> sorted indices) from ``graph.model``, atomically."""
+def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs: Any,
+                  extra_check: Callable[[], None] | None = None) -> None:
+    """Physically remove ``removed`` (position -> sorted indices) from ``graph.model``, atomically.
+
+    ``extra_check`` runs after the built-in post-conditions and inside the same rollback scope
+    (``Plan.apply(verify=True)`` passes the surgical-equivalence oracle here).
+    """
     model = graph.model
     holders = _holders(model)
     cuts: dict[str, list[tuple[int, np.ndarray]]] = {}
@@ -151,8 +156,12 @@ def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs:
         if bad:
             raise SurgeryError("layer attributes disagree with their tensors after surgery: " + "; ".join(bad[:5]))
         _shape_check(graph, removed, inputs)
+        if extra_check is not None:
+            extra_check()
     except Exception as e:
         snap.restore()
+        if isinstance(e, AssertionError) and not isinstance(e, SurgeryError):
+            raise type(e)(f"{e}. The model was restored unchanged.") from e
         if isinstance(e, SurgeryError):
             raise SurgeryError(f"{e}. The model was restored unchanged.") from e
         raise SurgeryError(f"surgery failed ({type(e).__name__}: {e}); the model was restored unchanged.") from e
