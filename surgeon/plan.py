@@ -1,67 +1,84 @@
 """Step 5: the plan. Decide which channels of which groups go, show it, then apply it.
 
 ``surgeon.plan(...)`` only reads the model; ``Plan.apply()`` performs the surgery (atomically).
+Scoring lives in ``criteria``, how many channels each group loses in ``scope``, the MACs / params
+prediction in ``cost`` and iterative pruning in ``schedule``.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from .criteria import Criterion, get_criterion
+from .cost import CostModel, Footprint, cost_model
+from .criteria import (SIDES, Criterion, accumulate_gradients, bind_criterion, check_reduction,
+                       get_criterion, is_input_side, member_filter, needs_data)
 from .dependency import ChannelGraph, trace
 from .errors import NothingToPrune
 from .graph import iter_module_calls
 from .groups import Group
 from .indexmap import Pos
+from .scope import SCOPES, Candidate, GroupCut, Request, TargetReport, select
 from .surgery import apply_removal, resolve_tensor
 
-__all__ = ["Plan", "GroupCut", "plan", "prune"]
+__all__ = ["Plan", "GroupCut", "Baseline", "plan", "prune"]
 
 
-@dataclass
-class GroupCut:
-    """The decision for one group: which of its channels are removed, and their scores."""
+class _DefaultRatio(float):
+    """The default ratio, 0.5, marked as not chosen by the user, so that a target can replace it."""
 
-    group: Group
-    remove: np.ndarray
-    scores: np.ndarray
+    def __repr__(self) -> str:
+        return "0.5"
 
-    @property
-    def kept(self) -> int:
-        return self.group.n - len(self.remove)
+
+DEFAULT_RATIO = _DefaultRatio(0.5)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The original model, for iterative pruning: parameter position sizes and footprint. Ratios
+    and targets of later steps are fractions of this, not of the already smaller model."""
+
+    sizes: dict[Pos, int]
+    footprint: Footprint
+
+
+def _check_fraction(name: str, value: Any, low_open: bool, what: str) -> float:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    ok = ok and ((0.0 < float(value) <= 1.0) if low_open else (0.0 <= float(value) < 1.0))
+    if not ok:
+        interval = "(0, 1]" if low_open else "[0, 1)"
+        raise ValueError(f"{name} must be a number in {interval} ({what}), got {value!r}")
+    return float(value)
 
 
 def _check_ratio(ratio: Any) -> float:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
-        raise ValueError(f"ratio must be a number in [0, 1) (the fraction of channels removed per "
-                         f"group), got {ratio!r}")
-    return float(ratio)
+    return _check_fraction("ratio", ratio, False, "the fraction of channels removed per group")
 
 
-def _ignored_names(model: nn.Module, ignore: Iterable[Any] | None) -> set[str]:
-    names: set[str] = set()
+def _module_names(model: nn.Module, items: Iterable[Any], arg: str) -> list[str]:
+    """Qualified names of modules given as modules or names; errors name the bad entry."""
     by_id = {id(m): n for n, m in model.named_modules()}
     all_names = set(by_id.values())
-    for item in ignore or ():
+    names = []
+    for item in items:
         if isinstance(item, nn.Module):
             if id(item) not in by_id:
-                raise ValueError(f"ignore lists a {type(item).__name__} that is not a submodule of the "
+                raise ValueError(f"{arg} lists a {type(item).__name__} that is not a submodule of the "
                                  "model; pass modules of this model or their qualified names")
-            names.add(by_id[id(item)])
+            names.append(by_id[id(item)])
         elif isinstance(item, str):
             if item not in all_names:
                 close = sorted(n for n in all_names if item in n)[:5]
-                raise ValueError(f"ignore names {item!r}, which is not a module of the model"
+                raise ValueError(f"{arg} names {item!r}, which is not a module of the model"
                                  + (f"; did you mean one of {close}?" if close else ""))
-            names.add(item)
+            names.append(item)
         else:
-            raise TypeError(f"ignore entries must be modules or qualified names, got {type(item).__name__}")
+            raise TypeError(f"{arg} entries must be modules or qualified names, got {type(item).__name__}")
     return names
 
 
@@ -70,35 +87,36 @@ def _is_under(path: str, names: set[str]) -> bool:
     return any(owner == n or owner.startswith(n + ".") or n == "" for n in names)
 
 
-def _n_remove(n: int, ratio: float, round_to: int | None) -> int:
-    """Channels to remove from a group of n: floor(ratio * n), keeping at least one channel and,
-    with round_to, a kept count that is a multiple of round_to (ratio 0.5, n=100, round_to=8:
-    keep 48)."""
-    kept = n - math.floor(ratio * n + 1e-9)
-    if round_to and n >= round_to:
-        kept = max(round_to, int(round(kept / round_to)) * round_to)
-    return n - min(max(kept, 1), n)
+def _owner(path: str) -> str:
+    return path.rsplit(".", 1)[0] if "." in path else ""
 
 
-def _choose(group: Group, scores: np.ndarray, k: int) -> np.ndarray:
-    """The k lowest-scored channels, then give back one channel to any position that would be left
-    empty (a concat input whose channels all scored low must keep one, or its conv vanishes)."""
-    order = np.argsort(scores, kind="stable")
-    remove = set(order[:k].tolist())
-    for pos, ch in group.channel_of.items():
-        present = set(ch.tolist())
-        if present <= remove:
-            remove.discard(max(present, key=lambda c: scores[c]))
-    return np.asarray(sorted(remove), dtype=np.int64)
+def removed_counts(cuts: list[GroupCut]) -> dict[Pos, int]:
+    """How many indices each position loses."""
+    out: dict[Pos, int] = {}
+    for cut in cuts:
+        if len(cut.remove):
+            for p, idx in cut.group.removed_indices(cut.remove).items():
+                out[p] = len(idx)
+    return out
 
 
 class Plan:
-    """Which channels of which groups to remove. Nothing changes until ``apply()``."""
+    """Which channels of which groups to remove. Nothing changes until ``apply()``.
 
-    def __init__(self, graph: ChannelGraph, cuts: list[GroupCut], skipped: dict[int, str]) -> None:
+    before / after: MACs and parameters of the model now and once the plan is applied (``after``
+    is predicted exactly from per-node counts, see ``surgeon.cost``). target: how a
+    ``target_macs`` / ``target_params`` request was met, else None.
+    """
+
+    def __init__(self, graph: ChannelGraph, cuts: list[GroupCut], skipped: dict[int, str],
+                 cost: CostModel | None = None, target: TargetReport | None = None) -> None:
         self.graph = graph
         self.cuts = cuts
         self.skipped = skipped  # group id -> why it is not cut
+        self.target = target
+        self.before: Footprint | None = cost.before if cost else None
+        self.after: Footprint | None = cost.footprint(removed_counts(cuts)) if cost else None
         self.applied = False
 
     @property
@@ -117,7 +135,7 @@ class Plan:
         lose entries. Indices are in the original model's numbering; "in" are the indices of the
         layer's input channels (input features for Linear), "out" of its output channels."""
         pos = self.removed_positions()
-        lose = {p.ref.rsplit(".", 1)[0] for p, idx in pos.items() if p.kind == "p" and len(idx)}
+        lose = {_owner(p.ref) for p, idx in pos.items() if p.kind == "p" and len(idx)}
         result: dict[str, dict[str, list[int]]] = {}
         for node, qn, _, entry in iter_module_calls(self.graph.traced):
             if qn not in lose or qn in result:
@@ -128,7 +146,7 @@ class Plan:
             result[qn] = {"out": pos.get(pout, np.zeros(0, int)).tolist(),
                           "in": pos.get(pin, np.zeros(0, int)).tolist()}
         for p, idx in pos.items():  # tensors used directly in forward (layer-scale gammas)
-            owner = p.ref.rsplit(".", 1)[0] if "." in p.ref else ""
+            owner = _owner(p.ref)
             if p.kind == "p" and len(idx) and owner not in result:
                 result[owner] = {"out": idx.tolist(), "in": idx.tolist()}
         return dict(sorted(result.items()))
@@ -144,6 +162,12 @@ class Plan:
         removed = sum(len(c.remove) for c in self.cuts)
         total = sum(c.group.n for c in self.cuts)
         lines.append(f"{removed} of {total} prunable channels removed in {len(self.cuts)} groups")
+        if self.before is not None and self.after is not None:
+            b, a = self.before, self.after
+            lines.append(f"MACs: {b.macs:,} -> {a.macs:,} ({a.macs / max(b.macs, 1):.1%});  "
+                         f"params: {b.params:,} -> {a.params:,} ({a.params / max(b.params, 1):.1%})")
+        if self.target is not None:
+            lines.append(str(self.target))
         return "\n".join(lines)
 
     def apply(self, verify: bool = False) -> nn.Module:
@@ -159,43 +183,123 @@ class Plan:
         if verify:
             from .verify import zeroed_reference
             reference = zeroed_reference(self.model, self.removed())
-        check = None
+        apply_removal(self.graph, self.removed_positions(), self.graph.traced.inputs)
+        self.applied = True
         if reference is not None:
             from .verify import assert_equivalent
-
-            def check() -> None:
-                assert_equivalent(reference, self.model, self.graph.traced.inputs)
-        apply_removal(self.graph, self.removed_positions(), self.graph.traced.inputs, check)
-        self.applied = True
+            assert_equivalent(reference, self.model, self.graph.traced.inputs)
         return self.model
 
 
-def plan(model: nn.Module, example_inputs: Any, ratio: float = 0.5,
-         criterion: Union[str, Criterion] = "l1", scope: str = "local",
-         ignore: Sequence[Any] | None = None, round_to: int | None = None,
-         leaf_modules: Sequence[Any] = ()) -> Plan:
-    """Trace ``model``, score every prunable group and decide what to remove (nothing is changed).
-
-    ratio: fraction of channels removed from each prunable group (local scope), in [0, 1);
-        a group never loses all its channels.
-    criterion: "l1" (default), "l2", or a callable (group, tensors) -> per-channel scores.
-    ignore: modules (or qualified names) that must stay untouched: every group that would change
-        any of their parameters is kept whole. Output layers never need it: the model's outputs
-        are never pruned.
-    round_to: keep channel counts multiples of this number (e.g. 8 for vectorised kernels).
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    ratio = _check_ratio(ratio)
-    score = get_criterion(criterion)
-    if scope != "local":
-        raise ValueError(f"unknown scope {scope!r}; choose 'local'")
+def _request(ratio: Any, scope: Any, round_to: Any, max_layer_ratio: Any, target_macs: Any,
+             target_params: Any) -> Request:
+    """Validate the how-much arguments (before anything is traced, so bad input changes nothing)."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; choose one of {', '.join(map(repr, SCOPES))}")
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
         raise ValueError(f"round_to must be a positive integer or None, got {round_to!r}")
-    ignored = _ignored_names(model, ignore)
+    mlr = None
+    if max_layer_ratio is not None:
+        mlr = _check_fraction("max_layer_ratio", max_layer_ratio, True,
+                              "the most a group may lose, as a fraction of its channels")
+    targets = {k: v for k, v in (("macs", target_macs), ("params", target_params)) if v is not None}
+    if len(targets) > 1:
+        raise ValueError("give one of target_macs and target_params, not both")
+    if targets:
+        if ratio is not DEFAULT_RATIO:
+            raise ValueError(f"give either ratio or a target, not both (ratio={ratio!r}, "
+                             f"target_{next(iter(targets))}={next(iter(targets.values()))!r})")
+        (metric, value), = targets.items()
+        frac = _check_fraction(f"target_{metric}", value, True, f"the fraction of the original {metric} kept")
+        return Request(scope, 0.0, (metric, frac), mlr, round_to)
+    return Request(scope, _check_ratio(ratio), None, mlr, round_to)
+
+
+def _check_ratios(model: nn.Module, ratios: Mapping[Any, Any] | None) -> dict[str, float]:
+    if ratios is None:
+        return {}
+    if not isinstance(ratios, Mapping):
+        raise TypeError(f"ratios must be a mapping {{module or name: ratio}}, got {type(ratios).__name__}")
+    names = _module_names(model, list(ratios), "ratios")
+    return {n: _check_fraction(f"ratios[{n!r}]", v, False, "the fraction of that module's output "
+                               "channels removed") for n, v in zip(names, ratios.values())}
+
+
+def _override(model: nn.Module, g: Group, ratios: dict[str, float]) -> Optional[float]:
+    """The per-module ratio that applies to ``g``: that of the modules whose *outputs* are in the
+    group (a conv's filters, a BN's scales), which must agree since they lose the same channels."""
+    owners = {_owner(p.ref) for p in g.params if not is_input_side(model, p)}
+    hits = {n: r for n, r in ratios.items() if n in owners}
+    if len(set(hits.values())) > 1:
+        raise ValueError(f"ratios gives {hits} to modules that are coupled (group {g.id}: their output "
+                         "channels are removed together); give them one ratio")
+    return next(iter(hits.values())) if hits else None
+
+
+def _original_channels(g: Group, baseline: Baseline | None) -> int:
+    """Channels ``g`` had in the original model: the original size of a member with one index per
+    channel (a producing conv's filters), else the members' total size scaled."""
+    if baseline is None:
+        return g.n
+    for p in g.params:
+        ch = g.channel_of[p]
+        if p in baseline.sizes and len(ch) == g.n and len(np.unique(ch)) == g.n:
+            return baseline.sizes[p]
+    now = sum(len(g.channel_of[p]) for p in g.params)
+    then = sum(baseline.sizes.get(p, len(g.channel_of[p])) for p in g.params)
+    return max(g.n, round(g.n * then / max(now, 1)))
+
+
+def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
+         criterion: Union[str, Criterion] = "l1", scope: str = "local",
+         ignore: Sequence[Any] | None = None, round_to: int | None = None,
+         leaf_modules: Sequence[Any] = (), *, reduction: str = "mean", side: str = "all",
+         max_layer_ratio: float | None = None, ratios: Mapping[Any, float] | None = None,
+         target_macs: float | None = None, target_params: float | None = None,
+         data: Iterable[Any] | None = None, loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+         baseline: Baseline | None = None) -> Plan:
+    """Trace ``model``, score every prunable group and decide what to remove (nothing is changed).
+
+    ratio: fraction of channels removed, in [0, 1): from each group (local scope) or from all
+        prunable channels ranked together (global scope). Default 0.5; a group never loses all
+        its channels.
+    criterion: a name in ``surgeon.criteria.CRITERIA`` ("l1", "l2", "fpgm", "bn_scale", "taylor",
+        "random") or a callable (group, tensors) -> per-channel scores.
+    scope: "local" (same ratio in every group) or "global" (see ``surgeon.scope``).
+    ignore: modules (or qualified names) that must stay untouched: every group that would change
+        any of their parameters is kept whole. The model's outputs are never pruned.
+    round_to: keep channel counts multiples of this number (e.g. 8 for vectorised kernels).
+    reduction: how a group's members combine per channel: "mean", "sum", "max" or "first".
+    side: which members score: "all", "out" (filters and norm scales) or "in" (the consumers'
+        input kernels: whole input channels are scored, then removed with their producers).
+    max_layer_ratio: the most one group may lose, in (0, 1]; default 0.9 for global scope and
+        targets, no cap otherwise.
+    ratios: per-module overrides {module or name: ratio} for the groups holding those modules'
+        output channels; those groups are cut locally, the rest as the scope says.
+    target_macs / target_params: instead of a ratio, the fraction of the original MACs /
+        parameters to keep, in (0, 1]; reached within one channel step (``Plan.target``).
+    data, loss_fn: for "taylor": ``(inputs, target)`` batches (a list or a DataLoader; a few
+        are enough, e.g. ``itertools.islice(loader, 8)``) and ``loss_fn(output, target)``.
+    baseline: the original model's sizes, set by iterative pruning (``prune(..., steps=k)``).
+    """
+    req = _request(ratio, scope, round_to, max_layer_ratio, target_macs, target_params)
+    fn = get_criterion(criterion)
+    check_reduction(reduction)
+    if side not in SIDES:
+        member_filter(model, Group(0, 0, {}), side)  # raises the error that lists the sides
+    if needs_data(fn) and (data is None or loss_fn is None):
+        raise ValueError(f"criterion {getattr(fn, '__name__', fn)!r} needs gradients: pass data=[(inputs, "
+                         "target), ...] (a few batches) and loss_fn=(output, target) -> loss")
+    ignored = set(_module_names(model, ignore or (), "ignore"))
+    overrides = _check_ratios(model, ratios)
     graph = trace(model, example_inputs, leaf_modules=leaf_modules)
-    cuts: list[GroupCut] = []
+    cost = cost_model(graph)
+    grads = accumulate_gradients(model, data, loss_fn) if needs_data(fn) else None
+    score = bind_criterion(fn, reduction, model=model, grads=grads)
+    name = getattr(fn, "__name__", type(fn).__name__)
+    cands: list[Candidate] = []
     skipped: dict[int, str] = {}
+    used: set[str] = set()
     for g in graph.groups:
         if not g.prunable:
             if g.n > 1:
@@ -206,20 +310,44 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = 0.5,
             continue
         tensors = {p.ref: resolve_tensor(model, p.ref) for p in g.params}
         with torch.no_grad():
-            scores = np.asarray(score(g, tensors), dtype=np.float64)
+            scores = np.asarray(score(member_filter(model, g, side), tensors), dtype=np.float64)
         if scores.shape != (g.n,):
-            raise ValueError(f"criterion returned scores of shape {scores.shape} for group {g.id} "
+            raise ValueError(f"criterion {name} returned scores of shape {scores.shape} for group {g.id} "
                              f"with {g.n} channels; it must return one score per channel")
-        cuts.append(GroupCut(g, _choose(g, scores, _n_remove(g.n, ratio, round_to)), scores))
-    if not cuts:
+        if np.isnan(scores).all():
+            skipped[g.id] = f"criterion {name} cannot score it"
+            continue
+        if np.isnan(scores).any():
+            raise ValueError(f"criterion {name} returned NaN for some channels of group {g.id} "
+                             f"({', '.join(g.layers[:3])}); return finite scores, or NaN for all to skip it")
+        over = _override(model, g, overrides)
+        used |= {n for n in overrides if over is not None and overrides[n] == over}
+        cands.append(Candidate(g, scores, _original_channels(g, baseline), over))
+    unused = sorted(set(overrides) - used)
+    if unused:
+        raise ValueError(f"ratios names {unused}, whose output channels are not in any prunable group "
+                         "(frozen, ignored or the model's output); remove them from ratios")
+    if not cands:
         why = "; ".join(f"group {k}: {v}" for k, v in list(skipped.items())[:5]) or "no group has parameters"
         raise NothingToPrune(f"{type(model).__name__} has nothing prunable: every group is frozen or "
                              f"ignored ({why})")
-    return Plan(graph, cuts, skipped)
+    reference = baseline.footprint if baseline is not None else cost.before
+    cuts, report = select(cands, req, lambda cs: cost.footprint(removed_counts(cs)), reference)
+    return Plan(graph, cuts, skipped, cost, report)
 
 
-def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.5,
-          criterion: Union[str, Criterion] = "l1", **kwargs: Any) -> nn.Module:
-    """``plan(...)`` then ``apply()``: prune ``model`` in place and return it."""
-    verify = kwargs.pop("verify", False)
-    return plan(model, example_inputs, ratio=ratio, criterion=criterion, **kwargs).apply(verify=verify)
+def prune(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
+          criterion: Union[str, Criterion] = "l1", *, steps: int = 1,
+          schedule: Union[str, Callable[[float], float]] = "linear",
+          callback: Callable[[int, nn.Module, Plan], None] | None = None,
+          verify: bool = False, **kwargs: Any) -> nn.Module:
+    """Prune ``model`` in place and return it: ``plan(...)`` then ``apply()``, in one shot, or in
+    ``steps`` prunes that reach the ratio / target on a ``schedule`` ("linear", "cubic" or a
+    function), re-scoring the smaller model each time and calling ``callback(step, model, plan)``
+    after each step (to fine-tune). See ``surgeon.schedule``."""
+    if steps == 1 and callback is None:
+        return plan(model, example_inputs, ratio=ratio, criterion=criterion, **kwargs).apply(verify=verify)
+    from .schedule import prune_iteratively
+    prune_iteratively(model, example_inputs, ratio=ratio, criterion=criterion, steps=steps,
+                      schedule=schedule, callback=callback, verify=verify, **kwargs)
+    return model

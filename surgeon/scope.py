@@ -1,0 +1,222 @@
+"""How many channels each group loses: local and global scope, per-module ratios, MACs / params
+targets. The criteria say *which* channels of a group are the least important; this module says
+*how many* go, and hands back one ``GroupCut`` per group.
+
+- Local scope: every group loses the same fraction of its channels.
+- Global scope: the channels of all groups are ranked together. Raw scores are not comparable
+  across layers (a layer with 10x larger weights would never lose a channel under L1), so each
+  group's scores are first divided by their mean: a channel scoring 0.5 is half as important as an
+  average channel *of its own group*. The mean, rather than the max or the sum, is used because it
+  depends neither on one outlier (max) nor on the group's width (sum: wide groups would have small
+  normalised scores and be cut hardest).
+- ``max_layer_ratio`` caps what one group may lose (default 0.9 for global scope and targets), and
+  no group ever loses all its channels.
+- Targets (``target_macs`` / ``target_params``: fraction of the original kept) are reached by a
+  binary search over the removal order: the global ranking (global scope) or the common ratio
+  (local scope). Each step of that order removes one more channel, so the result keeps at most the
+  target and one step fewer would keep more than the target.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from .cost import Footprint
+from .groups import Group
+
+__all__ = ["GroupCut", "Candidate", "Request", "TargetReport", "select", "DEFAULT_MAX_LAYER_RATIO"]
+
+DEFAULT_MAX_LAYER_RATIO = 0.9
+SCOPES = ("local", "global")
+
+
+@dataclass
+class GroupCut:
+    """The decision for one group: which of its channels are removed, and their scores."""
+
+    group: Group
+    remove: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def kept(self) -> int:
+        return self.group.n - len(self.remove)
+
+
+@dataclass
+class Candidate:
+    """A prunable group with its scores. ``n0``: its channel count in the original model (smaller
+    ``group.n`` means earlier iterative steps already cut it); ``ratio``: a per-module override."""
+
+    group: Group
+    scores: np.ndarray
+    n0: int
+    ratio: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the user asked for. ``ratio`` is the fraction of the original channels removed;
+    ``target`` is ("macs" | "params", fraction of ``reference`` kept)."""
+
+    scope: str = "local"
+    ratio: float = 0.5
+    target: Optional[tuple[str, float]] = None
+    max_layer_ratio: Optional[float] = None
+    round_to: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class TargetReport:
+    """How a MACs / params target was met: ``achieved`` is the kept fraction of the reference;
+    ``one_step_less`` is what removing one channel step less would keep (above the target, unless
+    nothing had to be removed)."""
+
+    metric: str
+    requested: float
+    achieved: float
+    one_step_less: float
+
+    def __str__(self) -> str:
+        return (f"target_{self.metric}={self.requested:g}: keeps {self.achieved:.2%} of the {self.metric} "
+                f"(one channel step less would keep {self.one_step_less:.2%})")
+
+
+def _cap(c: Candidate, mlr: float | None) -> int:
+    """Most channels ``c`` may lose now: at most ``mlr`` of its original channels in total, and it
+    keeps at least one."""
+    if mlr is None:
+        return c.group.n - 1
+    already = c.n0 - c.group.n
+    return max(0, min(c.group.n - 1, math.floor(mlr * c.n0 + 1e-9) - already))
+
+
+def _round(c: Candidate, k: int, round_to: int | None, cap: int) -> int:
+    """Adjust a removal count so the kept count is a multiple of ``round_to`` (nearest; at least
+    round_to), within [0, cap] (n=100, k=52, round_to=8: keep 48, remove 52)."""
+    n = c.group.n
+    k = min(max(k, 0), cap)
+    if round_to and n >= round_to:
+        kept = max(round_to, int(round((n - k) / round_to)) * round_to)
+        k = min(max(n - kept, 0), cap)
+    return k
+
+
+def _local_k(c: Candidate, ratio: float, round_to: int | None, cap: int) -> int:
+    """Channels to remove for ``ratio`` of the original n0: keep n0 - floor(ratio * n0), rounded
+    (ratio 0.5, n0=100, round_to=8: keep 48), minus what earlier steps removed."""
+    n0 = c.n0
+    kept = n0 - math.floor(ratio * n0 + 1e-9)
+    if round_to and n0 >= round_to:
+        kept = max(round_to, int(round(kept / round_to)) * round_to)
+    return min(max(c.group.n - max(kept, 1), 0), cap)
+
+
+def choose(group: Group, scores: np.ndarray, k: int) -> np.ndarray:
+    """The k lowest-scored channels, then give back one channel to any position that would be left
+    empty (a concat input whose channels all scored low must keep one, or its conv vanishes)."""
+    order = np.argsort(scores, kind="stable")
+    remove = set(order[:k].tolist())
+    for ch in group.channel_of.values():
+        present = set(ch.tolist())
+        if present and present <= remove:
+            remove.discard(max(present, key=lambda c: scores[c]))
+    return np.asarray(sorted(remove), dtype=np.int64)
+
+
+def _normalised(scores: np.ndarray) -> np.ndarray:
+    mean = float(np.mean(scores))
+    return scores / mean if mean > 0 else np.zeros_like(scores)
+
+
+def _global_order(cands: list[Candidate], caps: list[int]) -> list[int]:
+    """Candidate index of each channel in global removal order (lowest normalised score first),
+    skipping channels beyond their group's cap."""
+    keys = [(s, i) for i, c in enumerate(cands) for s in np.sort(_normalised(c.scores))]
+    keys.sort(key=lambda t: t[0])  # stable: ties keep group order
+    taken = [0] * len(cands)
+    order = []
+    for _, i in keys:
+        if taken[i] < caps[i]:
+            taken[i] += 1
+            order.append(i)
+    return order
+
+
+def _counts_at(order: list[int], k: int, n: int) -> list[int]:
+    counts = [0] * n
+    for i in order[:k]:
+        counts[i] += 1
+    return counts
+
+
+def select(cands: list[Candidate], req: Request,
+           footprint: Callable[[list[GroupCut]], Footprint] | None = None,
+           reference: Footprint | None = None) -> tuple[list[GroupCut], TargetReport | None]:
+    """Decide every candidate's cut. ``footprint`` predicts MACs / params of a set of cuts (needed
+    for targets); ``reference`` is what target fractions are relative to (the original model)."""
+    mlr = req.max_layer_ratio
+    if mlr is None and (req.scope == "global" or req.target is not None):
+        mlr = DEFAULT_MAX_LAYER_RATIO
+    caps = [_cap(c, mlr) for c in cands]
+    fixed = {i: _local_k(c, c.ratio, req.round_to, caps[i]) for i, c in enumerate(cands) if c.ratio is not None}
+    free = [i for i in range(len(cands)) if i not in fixed]
+
+    def cuts_for(free_k: dict[int, int]) -> list[GroupCut]:
+        ks = {**fixed, **free_k}
+        return [GroupCut(c.group, choose(c.group, c.scores, _round(c, ks[i], req.round_to, caps[i])), c.scores)
+                for i, c in enumerate(cands)]
+
+    # one "state" per step of the removal order: state(j) gives each free candidate its count
+    if req.scope == "global":
+        order = _global_order([cands[i] for i in free], [caps[i] for i in free])
+        states = len(order) + 1
+
+        def state(j: int) -> dict[int, int]:
+            return dict(zip(free, _counts_at(order, j, len(free))))
+    else:
+        mlr_top = 1.0 if mlr is None else mlr
+        steps = sorted({j / cands[i].n0 for i in free for j in range(1, cands[i].n0)
+                        if j / cands[i].n0 <= mlr_top + 1e-12})
+        ratios = [0.0] + steps
+        states = len(ratios)
+
+        def state(j: int) -> dict[int, int]:
+            return {i: _local_k(cands[i], ratios[j], req.round_to, caps[i]) for i in free}
+
+    if req.target is None:
+        if req.scope == "local":
+            return cuts_for({i: _local_k(cands[i], req.ratio, req.round_to, caps[i]) for i in free}), None
+        n0 = sum(cands[i].n0 for i in free)
+        done = sum(cands[i].n0 - cands[i].group.n for i in free)
+        return cuts_for(state(min(states - 1, max(0, math.floor(req.ratio * n0 + 1e-9) - done)))), None
+
+    assert footprint is not None and reference is not None
+    metric, frac = req.target
+    goal = frac * getattr(reference, metric)
+
+    @functools.lru_cache(maxsize=None)
+    def kept(j: int) -> float:
+        return getattr(footprint(cuts_for(state(j))), metric)
+
+    if kept(0) <= goal:
+        return cuts_for(state(0)), TargetReport(metric, frac, kept(0) / getattr(reference, metric),
+                                                kept(0) / getattr(reference, metric))
+    lo, hi = 0, states - 1  # kept(lo) > goal; find the smallest hi with kept(hi) <= goal
+    if kept(hi) > goal:
+        best = kept(hi) / getattr(reference, metric)
+        raise ValueError(f"target_{metric}={frac:g} is out of reach: removing every channel allowed "
+                         f"keeps {best:.1%} of the {metric} (max_layer_ratio={mlr}, and frozen or "
+                         "ignored groups cost what they cost); raise the target or max_layer_ratio")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if kept(mid) <= goal:
+            hi = mid
+        else:
+            lo = mid
+    ref = getattr(reference, metric)
+    return cuts_for(state(hi)), TargetReport(metric, frac, kept(hi) / ref, kept(lo) / ref)
