@@ -265,8 +265,8 @@ def compare_onnx(
 
     ``path`` is an ``.onnx`` file or an already open ``InferenceSession``.  The
     model runs in eval mode under ``torch.no_grad`` and its train/eval flags are
-    restored.  Elements must satisfy ``|ort - torch| <= atol + rtol * |torch|``
-    (numpy's ``allclose`` rule).  Returns the max abs difference per output;
+    restored.  Outputs must satisfy ``max|ort - torch| <= atol + rtol * max|torch|``
+    (relative to the output's scale).  Returns the max abs difference per output;
     raises :class:`OnnxMismatchError` naming the first failing output, its max
     abs difference and the tolerance.
     """
@@ -294,10 +294,15 @@ def compare_onnx(
         err = np.where(both_nan, 0.0, np.abs(g64 - e64))
         err = np.where(np.isnan(err), np.inf, err)
         max_err = float(err.max())
-        if not bool(np.all(err <= atol + rtol * np.abs(np.nan_to_num(e64)))):
+        # Tolerance relative to the output's scale, not element-wise: float32 sums through 50+
+        # layers round differently in ORT's and torch's conv kernels, and an element-wise rule
+        # would flag a logit near zero whose neighbours are in the hundreds.
+        scale = float(np.abs(np.nan_to_num(e64)).max())
+        tol = atol + rtol * scale
+        if not max_err <= tol:
             raise OnnxMismatchError(
                 f"ONNX output {i} differs from PyTorch: max abs difference {max_err:.3g} "
-                f"exceeds tolerance (rtol={rtol:g}, atol={atol:g})"
+                f"exceeds tolerance {tol:.3g} (atol={atol:g} + rtol={rtol:g} x max|output| {scale:.3g})"
             )
         diffs.append(max_err)
     return diffs

@@ -156,7 +156,9 @@ class _Builder:
     def tensor_refs(self, args: list[Any]) -> list[Ref]:
         refs: list[Ref] = []
         for a in args:
-            if isinstance(a, (list, tuple)):
+            if isinstance(a, dict):
+                refs += self.tensor_refs(list(a.values()))
+            elif isinstance(a, (list, tuple)):
                 refs += self.tensor_refs(list(a))
             elif isinstance(a, fx.Node):
                 m = a.meta.get("tensor_meta")

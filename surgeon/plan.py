@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .cost import CostModel, Footprint, cost_model
-from .criteria import (SIDES, Criterion, accumulate_gradients, bind_criterion, check_reduction,
+from .criteria import (Criterion, accumulate_gradients, bind_criterion, check_reduction, check_side,
                        get_criterion, is_input_side, member_filter, needs_data)
 from .dependency import ChannelGraph, trace
 from .errors import NothingToPrune
@@ -225,15 +225,16 @@ def _check_ratios(model: nn.Module, ratios: Mapping[Any, Any] | None) -> dict[st
                                "channels removed") for n, v in zip(names, ratios.values())}
 
 
-def _override(model: nn.Module, g: Group, ratios: dict[str, float]) -> Optional[float]:
+def _override(model: nn.Module, g: Group, ratios: dict[str, float]) -> tuple[Optional[float], set[str]]:
     """The per-module ratio that applies to ``g``: that of the modules whose *outputs* are in the
-    group (a conv's filters, a BN's scales), which must agree since they lose the same channels."""
+    group (a conv's filters, a BN's scales), which must agree since they lose the same channels.
+    Also returns the names of those modules."""
     owners = {_owner(p.ref) for p in g.params if not is_input_side(model, p)}
     hits = {n: r for n, r in ratios.items() if n in owners}
     if len(set(hits.values())) > 1:
         raise ValueError(f"ratios gives {hits} to modules that are coupled (group {g.id}: their output "
                          "channels are removed together); give them one ratio")
-    return next(iter(hits.values())) if hits else None
+    return (next(iter(hits.values())) if hits else None), set(hits)
 
 
 def _original_channels(g: Group, baseline: Baseline | None) -> int:
@@ -285,8 +286,7 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     req = _request(ratio, scope, round_to, max_layer_ratio, target_macs, target_params)
     fn = get_criterion(criterion)
     check_reduction(reduction)
-    if side not in SIDES:
-        member_filter(model, Group(0, 0, {}), side)  # raises the error that lists the sides
+    check_side(side)
     if needs_data(fn) and (data is None or loss_fn is None):
         raise ValueError(f"criterion {getattr(fn, '__name__', fn)!r} needs gradients: pass data=[(inputs, "
                          "target), ...] (a few batches) and loss_fn=(output, target) -> loss")
@@ -320,8 +320,8 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
         if np.isnan(scores).any():
             raise ValueError(f"criterion {name} returned NaN for some channels of group {g.id} "
                              f"({', '.join(g.layers[:3])}); return finite scores, or NaN for all to skip it")
-        over = _override(model, g, overrides)
-        used |= {n for n in overrides if over is not None and overrides[n] == over}
+        over, hit = _override(model, g, overrides)
+        used |= hit
         cands.append(Candidate(g, scores, _original_channels(g, baseline), over))
     unused = sorted(set(overrides) - used)
     if unused:

@@ -134,6 +134,21 @@ def _resolve_leaves(model: nn.Module, leaf_modules: Iterable[Any]) -> tuple[tupl
     return tuple(types), names
 
 
+def _refuse_masked(model: nn.Module) -> None:
+    """Masks (torch.nn.utils.prune) and parametrizations recompute ``weight`` from other tensors on
+    every forward; slicing ``weight`` alone would be undone, so ask for them to be removed first."""
+    from torch.nn.utils import parametrize, prune
+
+    for name, m in model.named_modules():
+        if any(isinstance(h, prune.BasePruningMethod) for h in m._forward_pre_hooks.values()):
+            raise ValueError(f"module {name or type(model).__name__} carries a torch.nn.utils.prune mask; "
+                             "make it permanent first with surgeon.remove_masks(model) "
+                             "(or torch.nn.utils.prune.remove(module, 'weight'))")
+        if parametrize.is_parametrized(m):
+            raise ValueError(f"module {name or type(model).__name__} has parametrizations; remove them first "
+                             "with torch.nn.utils.parametrize.remove_parametrizations(module, name)")
+
+
 def trace_fx(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = ()) -> Traced:
     """Symbolically trace ``model`` and propagate shapes from ``example_inputs``.
 
@@ -142,6 +157,7 @@ def trace_fx(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     inputs = as_input_tuple(example_inputs)
+    _refuse_masked(model)
     leaf_types, leaf_names = _resolve_leaves(model, leaf_modules)
     tracer = _Tracer(leaf_types, leaf_names)
     try:

@@ -235,6 +235,7 @@ def to_html(cg: ChannelGraph, path: str | Path, view: str = "layers") -> Path:
     v = view_graph(cg, view)
     pos = layered_layout(v)
     sx, sy, w, h = 150.0, 46.0, 130.0, 24.0
+    bow_max = 0.8 * sx  # how far an edge that skips layers bows sideways, at most
     xs = [p[0] for p in pos.values()] or [0.0]
     ys = [p[1] for p in pos.values()] or [0.0]
     x0, y0 = min(xs), max(ys)
@@ -242,15 +243,19 @@ def to_html(cg: ChannelGraph, path: str | Path, view: str = "layers") -> Path:
     def at(n: Any) -> tuple[float, float]:
         return (pos[n][0] - x0) * sx + w / 2 + 10, (y0 - pos[n][1]) * sy + h / 2 + 10
 
-    width = (max(xs) - x0) * sx + w + 20
+    width = (max(xs) - x0) * sx + w + 20 + bow_max / 2
     height = (y0 - min(ys)) * sy + h + 20
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}">']
     for a, b in v.edges():
         (x1, y1), (x2, y2) = at(a), at(b)
         ga = v.nodes[a]["group"]
         g_attr = f' data-g="{ga}"' if ga is not None and ga == v.nodes[b]["group"] else ""
-        parts.append(f'<line class="e"{g_attr} x1="{x1:.1f}" y1="{y1 + h / 2:.1f}" x2="{x2:.1f}" '
-                     f'y2="{y2 - h / 2:.1f}" stroke="#999" stroke-width="1"/>')
+        y1, y2 = y1 + h / 2, y2 - h / 2
+        # an edge skipping layers bows sideways so it does not hide behind the chain it skips
+        bow = min(0.5 * (y2 - y1), bow_max) if abs(pos[a][1] - pos[b][1]) > 1 else 0.0
+        cx, cy = (x1 + x2) / 2 + bow, (y1 + y2) / 2
+        parts.append(f'<path class="e"{g_attr} d="M{x1:.1f},{y1:.1f} Q{cx:.1f},{cy:.1f} {x2:.1f},{y2:.1f}" '
+                     'fill="none" stroke="#999" stroke-width="1"/>')
     for n, d in v.nodes(data=True):
         x, y = at(n)
         g_attr = f' data-g="{d["group"]}"' if d["group"] is not None else ""
@@ -286,25 +291,30 @@ def to_png(cg: ChannelGraph, path: str | Path, view: str = "layers", dpi: int = 
     pos = layered_layout(v)
     xs = [p[0] for p in pos.values()] or [0.0]
     ys = [p[1] for p in pos.values()] or [0.0]
-    fig_w = min(40.0, 3.0 + 1.6 * (max(xs) - min(xs) + 1))
-    fig_h = min(120.0, 2.0 + 0.45 * (max(ys) - min(ys) + 1))
-    fig, ax = plt.subplots(figsize=(fig_w, fig_h))
-    nx.draw_networkx_edges(v, pos, ax=ax, edge_color="#999999", arrows=True, arrowsize=6, width=0.8,
-                           node_size=600)
+    graph_w = min(36.0, 1.0 + 1.4 * (max(xs) - min(xs) + 1))
+    fig_w = graph_w + 3.2  # the legend's column
+    fig_h = min(120.0, 1.5 + 0.45 * (max(ys) - min(ys) + 1))
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes((0.01, 0.01, graph_w / fig_w - 0.01, 1 - 0.6 / fig_h))
+    span = {e: abs(pos[e[0]][1] - pos[e[1]][1]) for e in v.edges()}
+    for long, style in ((False, "arc3,rad=0"), (True, "arc3,rad=0.25")):
+        edges = [e for e in v.edges() if (span[e] > 1) == long]
+        nx.draw_networkx_edges(v, pos, edgelist=edges, ax=ax, edge_color="#999999", arrows=True, arrowsize=6,
+                               width=0.8, node_size=600, connectionstyle=style)
     for shape, marker in (("box", "s"), ("ellipse", "o")):
         nodes = [n for n, d in v.nodes(data=True) if d["shape"] == shape]
         nx.draw_networkx_nodes(v, pos, nodelist=nodes, ax=ax, node_shape=marker, node_size=600,
                                node_color=[v.nodes[n]["colour"] for n in nodes], edgecolors="#555555",
                                linewidths=0.6)
     nx.draw_networkx_labels(v, pos, labels={n: d["label"] for n, d in v.nodes(data=True)}, ax=ax, font_size=6)
+    ax.margins(x=0.5 / max(graph_w, 1), y=0.5 / max(fig_h, 1))
     legend = [Patch(facecolor=i.colour, edgecolor="#555555",
                     label=f"g{i.group}: {i.channels} ch, {_short(', '.join(i.layers[:2]), 30)}")
-              for i in _legend(cg) if i.colour != FROZEN][:30]
+              for i in _legend(cg) if i.colour != FROZEN][:40]
     legend.append(Patch(facecolor=FROZEN, edgecolor="#555555", label="frozen"))
-    ax.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=6, frameon=False)
-    ax.set_title(_title(cg), fontsize=9)
+    fig.legend(handles=legend, loc="upper right", fontsize=6, frameon=False)
+    fig.text(0.01, 1 - 0.25 / fig_h, _title(cg), fontsize=9, va="top")
     ax.axis("off")
-    fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)

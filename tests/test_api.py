@@ -289,3 +289,25 @@ def test_load_rejects_other_files_and_leaves_model_unchanged(tmp_path):
     with pytest.raises(ValueError, match="architecture it was pruned from"):
         surgeon.load(m, tmp_path / "other.pt")
     assert same_state(m, saved)
+
+
+def test_masked_model_must_be_unmasked_first(tiny):
+    surgeon.mask(tiny, 0.5)
+    with pytest.raises(ValueError, match="carries a torch.nn.utils.prune mask.*remove_masks"):
+        surgeon.plan(tiny, X)
+    surgeon.remove_masks(tiny)
+    assert surgeon.plan(tiny, X).removed()
+
+
+def test_dict_outputs_are_never_pruned():
+    class DictOut(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return {"logits": self.head(torch.relu(self.a(x)))}
+
+    m = DictOut()
+    surgeon.prune(m, X, 0.5)
+    assert m.head.out_channels == 4 and m.a.out_channels == 4

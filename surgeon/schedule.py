@@ -1,0 +1,95 @@
+"""Iterative pruning: reach the ratio / target in ``steps`` prunes instead of one.
+
+Pruning a little, fine-tuning, and pruning again is less sensitive to noisy scores than one big
+cut: each step re-traces and re-scores the current, already smaller (and fine-tuned) model. A
+schedule says what fraction of the final amount is reached after each step, as a function of the
+progress t = step / steps:
+
+- ``linear``: f(t) = t, equal steps;
+- ``cubic`` (Zhu & Gupta 2017, "To prune, or not to prune"): s_t = s_f + (s_i - s_f)(1 - t)^3
+  with s_i = 0, i.e. f(t) = 1 - (1 - t)^3: big cuts first, while there are many redundant
+  channels, and small ones near the end, when each channel matters more.
+
+The amount is always measured against the *original* model (``plan.Baseline``): with ratio 0.5 and
+3 linear steps, the steps remove 1/6, 1/3 and 1/2 of every group's original channels, so the last
+step ends exactly where the one-shot prune would. Targets work the same way: target_macs 0.4 in two
+linear steps keeps 70% then 40% of the original MACs.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Union
+
+from torch import nn
+
+from .plan import DEFAULT_RATIO, Baseline, Plan, _check_ratios, _request, plan
+
+__all__ = ["SCHEDULES", "fractions", "prune_iteratively"]
+
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "linear": lambda t: t,
+    "cubic": lambda t: 1.0 - (1.0 - t) ** 3,
+}
+
+
+def fractions(steps: int, schedule: Union[str, Callable[[float], float]] = "linear") -> list[float]:
+    """Fraction of the final amount reached after each of ``steps`` steps (the last is 1).
+
+    linear, 4 steps: [0.25, 0.5, 0.75, 1.0]; cubic, 4 steps: [0.578, 0.875, 0.984, 1.0]."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer (the number of prunes), got {steps!r}")
+    if isinstance(schedule, str):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; choose one of "
+                             f"{', '.join(map(repr, SCHEDULES))} or pass a function f(t) -> fraction")
+        fn = SCHEDULES[schedule]
+    elif callable(schedule):
+        fn = schedule
+    else:
+        raise TypeError(f"schedule must be a name or a function f(t) -> fraction, got {type(schedule).__name__}")
+    fracs = [float(fn(i / steps)) for i in range(1, steps + 1)]
+    if abs(fracs[-1] - 1.0) > 1e-9 or any(not 0.0 <= f <= 1.0 for f in fracs) or any(
+            b < a - 1e-12 for a, b in zip(fracs, fracs[1:])):
+        raise ValueError(f"schedule must rise from 0 to 1 (f(1) = 1, never decreasing), got {fracs}")
+    fracs[-1] = 1.0
+    return fracs
+
+
+def prune_iteratively(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
+                      criterion: Any = "l1", *, steps: int = 1,
+                      schedule: Union[str, Callable[[float], float]] = "linear",
+                      callback: Callable[[int, nn.Module, Plan], None] | None = None,
+                      verify: bool = False, **kwargs: Any) -> list[Plan]:
+    """Prune ``model`` in place in ``steps`` steps and return the applied plans, one per step.
+
+    Every keyword of ``surgeon.plan`` is accepted. ``callback(step, model, plan)`` runs after each
+    step (step = 1 .. steps), e.g. to fine-tune; the next step scores the model it leaves."""
+    fracs = fractions(steps, schedule)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable (step, model, plan) -> None, got {type(callback).__name__}")
+    target = {k: kwargs.pop(k) for k in ("target_macs", "target_params") if kwargs.get(k) is not None}
+    ratios = kwargs.pop("ratios", None)
+    if "baseline" in kwargs:
+        raise TypeError("baseline is set by prune_iteratively itself; do not pass it")
+    # validate the final amounts now: a bad value must fail before the first step changes the model
+    _request(ratio, kwargs.get("scope", "local"), kwargs.get("round_to"), kwargs.get("max_layer_ratio"),
+             target.get("target_macs"), target.get("target_params"))
+    _check_ratios(model, ratios)
+    plans: list[Plan] = []
+    baseline: Baseline | None = None
+    for step, f in enumerate(fracs, 1):
+        step_kwargs = dict(kwargs)
+        if target:  # the kept fraction falls from 1 to the target: 1 - (1 - target) * f
+            step_kwargs.update({k: 1.0 - (1.0 - v) * f for k, v in target.items()})
+        else:
+            step_kwargs["ratio"] = ratio * f
+        if ratios is not None:
+            step_kwargs["ratios"] = {m: r * f for m, r in ratios.items()}
+        p = plan(model, example_inputs, criterion=criterion, baseline=baseline, **step_kwargs)
+        if baseline is None:
+            assert p.before is not None
+            baseline = Baseline({pos: p.graph.size(pos) for pos in p.graph.nx.nodes if pos.kind == "p"}, p.before)
+        p.apply(verify=verify)
+        plans.append(p)
+        if callback is not None:
+            callback(step, model, p)
+    return plans
