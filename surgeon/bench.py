@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import os
 import platform
 import statistics
 import tempfile
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["METHODS", "Timing", "Row", "BenchResult", "time_side_by_side", "torch_runner",
+__all__ = ["METHODS", "Timing", "Row", "BenchResult", "time_side_by_side", "before_after", "torch_runner",
            "ort_runner", "classifier_of", "prune_with_surgeon", "prune_with_torch_pruning",
            "mask_to_match", "effective_macs", "run_benchmark", "machine_info"]
 
@@ -100,6 +101,23 @@ def ort_runner(session: Any, x: torch.Tensor) -> Callable[[], Any]:
     """A no-argument callable running an onnxruntime session on ``x`` (converted once, up front)."""
     feed = {session.get_inputs()[0].name: x.detach().cpu().numpy()}
     return lambda: session.run(None, feed)
+
+
+def before_after(before: nn.Module, after: nn.Module, x: torch.Tensor, onnx: tuple[Path, Path] | None = None,
+                 runs: int = 20, warmup: int = 3, threads: int = 2) -> dict[str, dict[str, Timing]]:
+    """Latency of two models (and of their ONNX files, when given) side by side, at ``x``'s batch:
+    {"torch/b1": {"before": Timing, "after": Timing}, "ort/b1": {...}}."""
+    torch.set_num_threads(threads)
+    key = f"b{x.shape[0]}"
+    out = {f"torch/{key}": time_side_by_side({"before": torch_runner(before, x), "after": torch_runner(after, x)},
+                                             runs=runs, warmup=warmup)}
+    if onnx is not None:
+        from .export import onnx_session
+
+        out[f"ort/{key}"] = time_side_by_side({"before": ort_runner(onnx_session(onnx[0], threads), x),
+                                               "after": ort_runner(onnx_session(onnx[1], threads), x)},
+                                              runs=runs, warmup=warmup)
+    return out
 
 
 # ------------------------------------------------------------------------------------- methods
@@ -250,6 +268,14 @@ def machine_info(threads: int) -> dict[str, Any]:
             "onnxruntime": ort.__version__, "torch_pruning": tp_version}
 
 
+def _loadavg() -> float | None:
+    """The 1-minute load average: above the thread count, other processes competed for the cores."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 # ------------------------------------------------------------------------------------ the run
 @dataclass
 class _Variant:
@@ -320,6 +346,7 @@ def run_benchmark(name: str, build: Callable[[], nn.Module], input_shape: Sequen
     wd = Path(tmp.name if tmp is not None else workdir)  # type: ignore[arg-type]
     wd.mkdir(parents=True, exist_ok=True)
     x1 = torch.randn(tuple(input_shape))
+    load_start = _loadavg()
     _burn_in_pruners(methods)
     try:
         dense = build().eval()
@@ -374,7 +401,8 @@ def run_benchmark(name: str, build: Callable[[], nn.Module], input_shape: Sequen
                 gc.collect()
         meta = machine_info(threads) | {"model": name, "input_shape": list(input_shape), "runs": runs,
                                         "warmup": warmup, "prune_repeats": prune_repeats,
-                                        "batches": list(batches), "ratios": list(ratios)}
+                                        "batches": list(batches), "ratios": list(ratios),
+                                        "loadavg_start": load_start, "loadavg_end": _loadavg()}
         return BenchResult([v.row for v in variants], meta)
     finally:
         if tmp is not None:

@@ -20,8 +20,13 @@ def merge(results: Sequence[BenchResult]) -> BenchResult:
     shared = {k: v for k, v in results[0].meta.items()
               if k in ("cpu", "threads", "python", "torch", "onnxruntime", "torch_pruning", "runs", "warmup",
                        "prune_repeats", "batches", "ratios")}
-    shared["models"] = {r.meta.get("model", f"model{i}"): {"input_shape": r.meta.get("input_shape")}
-                        for i, r in enumerate(results)}
+    shared["models"] = {}
+    for r in results:
+        if "models" in r.meta:  # an already merged result
+            shared["models"].update(r.meta["models"])
+        else:
+            shared["models"][r.meta.get("model", r.models()[0] if r.rows else "?")] = {
+                k: r.meta.get(k) for k in ("input_shape", "loadavg_start", "loadavg_end")}
     return BenchResult([row for r in results for row in r.rows], shared)
 
 
@@ -61,8 +66,11 @@ def to_markdown(result: BenchResult) -> str:
             + ["MACs speedup", "trace+prune s"])
     out = []
     for model in result.models():
-        shape = result.meta.get("models", {}).get(model, {}).get("input_shape") or result.meta.get("input_shape")
-        out.append(f"**{model}**" + (f" (input {'x'.join(map(str, shape))})" if shape else ""))
+        info = result.meta.get("models", {}).get(model, {}) or result.meta
+        shape, l0, l1 = info.get("input_shape"), info.get("loadavg_start"), info.get("loadavg_end")
+        notes = ([f"input {'x'.join(map(str, shape))}"] if shape else []) + (
+            [f"load average {l0:.1f} at start, {l1:.1f} at end"] if l0 is not None and l1 is not None else [])
+        out.append(f"**{model}**" + (f" ({'; '.join(notes)})" if notes else ""))
         out.append("")
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))

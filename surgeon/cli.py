@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -45,6 +47,16 @@ def _ratio(text: str) -> float:
     if not 0.0 <= r < 1.0:
         raise argparse.ArgumentTypeError(f"ratio must be in [0, 1) (the fraction of channels removed), got {text}")
     return r
+
+
+def _fraction(text: str) -> float:
+    try:
+        f = float(text)
+    except ValueError:
+        f = -1.0
+    if not 0.0 < f <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1], got {text!r}")
+    return f
 
 
 def _split(items: Sequence[str] | None) -> list[str]:
@@ -122,6 +134,11 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .dependency import trace
 
+    if args.graph:
+        from .viz import FORMATS
+
+        if Path(args.graph).suffix.lower() not in FORMATS:
+            raise CliError(f"cannot draw to {args.graph!r}: the file must end in {', '.join(FORMATS)}")
     with _progress(not args.quiet, desc="tracing") as bar:
         resolved = _build(args)
         graph = trace(resolved.model, _example(resolved.input_shape), warn=False)
@@ -157,7 +174,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .bench import Timing, ort_runner, time_side_by_side, torch_runner
+    from .bench import Timing, before_after
     from .checkpoint import save
     from .count import count, format_count
     from .plan import plan
@@ -171,13 +188,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
         bar.set_description("building the model")
         resolved = _build(args)
         model, x = resolved.model, _example(resolved.input_shape)
-        dense = copy.deepcopy(model) if not args.no_latency else None
+        dense = copy.deepcopy(model) if not (args.no_latency and args.no_onnx) else None
         before = count(model, x)
         bar.update()
         bar.set_description("tracing and planning")
         t0 = time.perf_counter()
-        kwargs: dict[str, Any] = {"ratio": args.ratio, "criterion": args.criterion, "scope": args.scope,
+        kwargs: dict[str, Any] = {"criterion": args.criterion, "scope": args.scope,
                                   "ignore": _split(args.ignore) or None, "round_to": args.round_to}
+        # only what the user set: plan() refuses a ratio together with a MACs / params target
+        for key in ("ratio", "target_macs", "target_params"):
+            if getattr(args, key) is not None:
+                kwargs[key] = getattr(args, key)
+        if not any(k in kwargs for k in ("ratio", "target_macs", "target_params")):
+            kwargs["ratio"] = 0.5
         p = plan(model, x, **kwargs)
         bar.update()
         bar.set_description("removing channels")
@@ -190,13 +213,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
         save(model, out / "model.pt")
         (out / "model.json").write_text(json.dumps(
             {"format": CHECKPOINT_META, "model": resolved.spec, "input_shape": list(resolved.input_shape),
-             "ratio": args.ratio, "criterion": args.criterion, "scope": args.scope, "ignore": kwargs["ignore"],
-             "round_to": args.round_to}, indent=1) + "\n")
+             **kwargs}, indent=1) + "\n")
         (out / "plan.txt").write_text(p.summary() + "\n")
         bar.update()
         onnx_bytes: dict[str, int] = {}
         files = {"checkpoint": out / "model.pt", "metadata": out / "model.json", "plan": out / "plan.txt"}
-        tmp_dense = out / ".dense.onnx"
+        tmp = tempfile.TemporaryDirectory(prefix="surgeon-")  # the dense model's ONNX, for comparison only
+        tmp_dense = Path(tmp.name) / "dense.onnx"
         if not args.no_onnx:
             from .export import export_onnx
 
@@ -208,19 +231,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 onnx_bytes["before"] = tmp_dense.stat().st_size
             bar.update()
         latency: dict[str, dict[str, Timing]] = {}
-        if dense is not None:
+        if not args.no_latency:
             bar.set_description(f"timing before / after ({args.runs} runs, {args.threads} threads)")
-            xb = _example((args.batch, *resolved.input_shape[1:]), seed=1)
-            latency[f"torch/b{args.batch}"] = time_side_by_side(
-                {"before": torch_runner(dense, xb), "after": torch_runner(model, xb)}, runs=args.runs, warmup=3)
-            if not args.no_onnx:
-                from .export import onnx_session
-
-                latency[f"ort/b{args.batch}"] = time_side_by_side(
-                    {"before": ort_runner(onnx_session(tmp_dense, args.threads), xb),
-                     "after": ort_runner(onnx_session(files["onnx"], args.threads), xb)}, runs=args.runs, warmup=3)
+            latency = before_after(dense, model, _example((args.batch, *resolved.input_shape[1:]), seed=1),
+                                   onnx=None if args.no_onnx else (tmp_dense, files["onnx"]), runs=args.runs,
+                                   threads=args.threads)
             bar.update()
-        tmp_dense.unlink(missing_ok=True)
+        tmp.cleanup()
     summary = {"model": resolved.spec, "input_shape": list(resolved.input_shape), **kwargs,
                "params": {"before": before.params, "after": after.params},
                "macs": {"before": before.macs, "after": after.macs}, "onnx_bytes": onnx_bytes,
@@ -238,7 +255,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         rows.append(row("ONNX file", onnx_bytes["before"], onnx_bytes["after"], lambda v: f"{v / 1e6:.2f} MB"))
     for key, t in latency.items():
         rows.append(row(f"latency {key}", t["before"].median_ms, t["after"].median_ms, lambda v: f"{v:.2f} ms"))
-    print(f"{resolved.spec} pruned at ratio {args.ratio:g} ({args.criterion}, {args.scope}) in {prune_s:.2f} s")
+    how = ", ".join(f"{k.replace('_', ' ')} {kwargs[k]:g}" for k in ("ratio", "target_macs", "target_params")
+                    if k in kwargs)
+    print(f"{resolved.spec} pruned ({how}; {args.criterion}, {args.scope} scope) in {prune_s:.2f} s")
     print(_table(rows, ["", "before", "after", "after/before"]))
     if latency:
         print(f"latency: median of {args.runs} runs, {args.threads} threads, before and after interleaved")
@@ -356,7 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", parents=[model_args, common], help="prune a model, export it, measure it",
                        description="Prune MODEL, write OUT/model.pt (+ model.json: how to rebuild it), "
                        "OUT/model.onnx and OUT/summary.json, and print params, MACs and latency before / after.")
-    p.add_argument("--ratio", type=_ratio, default=0.5, help="fraction of channels removed per group (default 0.5)")
+    p.add_argument("--ratio", type=_ratio, help="fraction of channels removed (per group with local scope, "
+                   "of all channels with global scope); default 0.5 unless a target is given")
+    p.add_argument("--target-macs", type=_fraction, metavar="F", help="instead of --ratio: keep this fraction "
+                   "of the MACs, in (0, 1]")
+    p.add_argument("--target-params", type=_fraction, metavar="F", help="instead of --ratio: keep this "
+                   "fraction of the parameters, in (0, 1]")
     p.add_argument("--criterion", default="l1", help="channel importance: l1 (default), l2, ... (see surgeon.CRITERIA)")
     p.add_argument("--scope", default="local", help="local (same ratio in every group, default) or global")
     p.add_argument("--ignore", action="append", metavar="NAME",
@@ -398,12 +422,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _quiet_torch_logs(verbose: bool) -> Iterator[None]:
+    """torch logs whole tracebacks when a fake-tensor shape check fails (a wrong --input-shape);
+    the error we raise says it in one line, so those logs are muted unless --verbose."""
+    loggers = [logging.getLogger(n) for n in ("torch._subclasses.fake_tensor", "torch.fx.experimental.symbolic_shapes")]
+    levels = [lg.level for lg in loggers]
+    if not verbose:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+_MAX_MESSAGE = 400
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 1 failure, 2 bad arguments)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"surgeon {args.command}"
     try:
-        return int(args.func(args) or 0)
+        with _quiet_torch_logs(args.verbose):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
@@ -411,6 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.traceback:
             raise
         msg = " ".join(str(e).split()) or type(e).__name__
+        if len(msg) > _MAX_MESSAGE and not args.verbose:
+            # keep the head (what failed) and the tail (what to do), drop the middle
+            msg = f"{msg[:_MAX_MESSAGE - 150].rstrip()} [... --verbose for all ...] {msg[-150:].lstrip()}"
         user = isinstance(e, (CliError, ValueError, FileNotFoundError, PermissionError, ImportError))
         hint = "" if user else f" ({type(e).__name__}; rerun with --traceback for details)"
         print(f"{prog}: error: {msg}{hint}", file=sys.stderr)

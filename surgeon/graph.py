@@ -141,6 +141,10 @@ class RuleContext:
     def fix(self, pos: Pos, reason: str, unsupported: bool = False) -> None:
         self._b.fix(pos, Fixed(reason, self.node.name, unsupported))
 
+    def mark_mixing(self, pos: Pos) -> None:
+        """The op normalises across the channels of ``pos``: its group is not exactly zeroable."""
+        self._b.g.nodes[pos]["mixing"] = True
+
     def unused_input(self, ref: Ref) -> None:
         """Declare that the op does not read ``ref`` (``outputs[1]`` does not read outputs[0])."""
         self.unused.add(ref)

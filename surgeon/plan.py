@@ -23,7 +23,7 @@ from .graph import iter_module_calls
 from .groups import Group
 from .indexmap import Pos
 from .scope import SCOPES, Candidate, GroupCut, Request, TargetReport, select
-from .surgery import apply_removal, resolve_tensor
+from .surgery import Snapshot, apply_removal, resolve_tensor
 
 __all__ = ["Plan", "GroupCut", "Baseline", "plan", "prune"]
 
@@ -179,15 +179,20 @@ class Plan:
         """
         if self.applied:
             raise ValueError("this plan was already applied; make a new plan for the pruned model")
-        reference = None
+        reference = snapshot = None
         if verify:
             from .verify import zeroed_reference
             reference = zeroed_reference(self.model, self.removed())
+            snapshot = Snapshot(list(self.model.modules()))  # references only: cheap
         apply_removal(self.graph, self.removed_positions(), self.graph.traced.inputs)
+        if reference is not None and snapshot is not None:
+            from .verify import EquivalenceError, assert_equivalent
+            try:
+                assert_equivalent(reference, self.model, self.graph.traced.inputs)
+            except EquivalenceError as e:
+                snapshot.restore()
+                raise EquivalenceError(f"{e}; the model was restored unchanged") from e
         self.applied = True
-        if reference is not None:
-            from .verify import assert_equivalent
-            assert_equivalent(reference, self.model, self.graph.traced.inputs)
         return self.model
 
 
@@ -283,6 +288,8 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
         are enough, e.g. ``itertools.islice(loader, 8)``) and ``loss_fn(output, target)``.
     baseline: the original model's sizes, set by iterative pruning (``prune(..., steps=k)``).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     req = _request(ratio, scope, round_to, max_layer_ratio, target_macs, target_params)
     fn = get_criterion(criterion)
     check_reduction(reduction)
@@ -300,10 +307,14 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     cands: list[Candidate] = []
     skipped: dict[int, str] = {}
     used: set[str] = set()
+    retired = [0, 0]  # groups that earlier steps cut down to one channel (global ratio counts them)
     for g in graph.groups:
         if not g.prunable:
             if g.n > 1:
                 skipped[g.id] = g.frozen_reason()
+            elif not g.fixed and baseline is not None and not any(_is_under(p.ref, ignored) for p in g.params):
+                retired[0] += _original_channels(g, baseline)
+                retired[1] += g.n
             continue
         if any(_is_under(p.ref, ignored) for p in g.params):
             skipped[g.id] = "touches an ignored module"
@@ -332,7 +343,7 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
         raise NothingToPrune(f"{type(model).__name__} has nothing prunable: every group is frozen or "
                              f"ignored ({why})")
     reference = baseline.footprint if baseline is not None else cost.before
-    cuts, report = select(cands, req, lambda cs: cost.footprint(removed_counts(cs)), reference)
+    cuts, report = select(cands, req, lambda cs: cost.footprint(removed_counts(cs)), reference, tuple(retired))
     return Plan(graph, cuts, skipped, cost, report)
 
 
@@ -345,7 +356,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     ``steps`` prunes that reach the ratio / target on a ``schedule`` ("linear", "cubic" or a
     function), re-scoring the smaller model each time and calling ``callback(step, model, plan)``
     after each step (to fine-tune). See ``surgeon.schedule``."""
-    if steps == 1 and callback is None:
+    if type(steps) is int and steps == 1 and callback is None:
         return plan(model, example_inputs, ratio=ratio, criterion=criterion, **kwargs).apply(verify=verify)
     from .schedule import prune_iteratively
     prune_iteratively(model, example_inputs, ratio=ratio, criterion=criterion, steps=steps,

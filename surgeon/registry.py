@@ -33,6 +33,10 @@ class OpEntry:
 
 _MODULES: dict[type, OpEntry] = {t: OpEntry(spec.couple, spec) for t, spec in LAYER_SPECS.items()}
 _FUNCTIONS: dict[Any, OpEntry] = {}
+# Functions of optional packages, keyed by "module.name" so the core never imports them.
+_FUNCTIONS_BY_NAME: dict[str, OpEntry] = {
+    "torchvision.ops.stochastic_depth.stochastic_depth": OpEntry(rules.elementwise),  # scales whole samples
+}
 _METHODS: dict[str, OpEntry] = {}
 
 
@@ -101,7 +105,7 @@ for _f, _r in [
     (torch.mean, rules.reduce), (torch.sum, rules.reduce), (torch.amax, rules.reduce),
     (torch.amin, rules.reduce), (torch.std, rules.reduce), (torch.var, rules.reduce),
     (torch.softmax, rules.along_dim), (F.softmax, rules.along_dim), (F.log_softmax, rules.along_dim),
-    (operator.getitem, rules.getitem),
+    (operator.getitem, rules.getitem), (F.layer_norm, rules.layer_norm),
 ]:
     register_function(_f, _r)
 register_function(getattr, rules.shape_only, shape_only=True)
@@ -138,9 +142,13 @@ def lookup(op: str, target: Any, module: nn.Module | None = None) -> OpEntry | N
         return None
     if op == "call_function":
         try:
-            return _FUNCTIONS.get(target)
+            entry = _FUNCTIONS.get(target)
         except TypeError:  # unhashable target
             return None
+        if entry is None:
+            name = f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', '')}"
+            entry = _FUNCTIONS_BY_NAME.get(name)
+        return entry
     if op == "call_method":
         return _METHODS.get(target)
     return None

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "elementwise", "channelwise", "pad", "reduce", "along_dim", "flatten", "reshape", "view",
-    "permute", "transpose", "cat", "split", "chunk", "getitem", "shape_only",
+    "permute", "transpose", "cat", "split", "chunk", "getitem", "layer_norm", "shape_only",
 ]
 
 
@@ -301,6 +301,25 @@ def getitem(ctx: "RuleContext") -> None:
             ctx.same(ctx.t(src, d), ctx.t(ctx.node, d))
         else:
             ctx.fix(ctx.t(src, d), f"sliced by {ctx.op_name}", unsupported=True)
+
+
+def layer_norm(ctx: "RuleContext") -> None:
+    """F.layer_norm(x, normalized_shape, weight, bias): over the last dim only (the channels of a
+    channels-last tensor); weight / bias are tensors used directly in forward. Mixes channels."""
+    x = ctx.node.args[0]
+    shape = _arg(ctx.node, 1, "normalized_shape")
+    s = ctx.shape(x)
+    for d in range(len(s) - 1):
+        ctx.same(ctx.t(x, d), ctx.t(ctx.node, d))
+    if not isinstance(shape, (tuple, list)) or len(shape) != 1:
+        return  # normalised over several dims: those stay fixed
+    last = ctx.t(x, -1)
+    ctx.same(last, ctx.t(ctx.node, -1))
+    ctx.mark_mixing(last)
+    for i, name in ((2, "weight"), (3, "bias")):
+        w = _arg(ctx.node, i, name)
+        if isinstance(w, fx.Node):
+            ctx.same(last, ctx.t(w, 0))
 
 
 def shape_only(ctx: "RuleContext") -> None:

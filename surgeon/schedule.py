@@ -74,6 +74,10 @@ def prune_iteratively(model: nn.Module, example_inputs: Any, ratio: float = DEFA
     _request(ratio, kwargs.get("scope", "local"), kwargs.get("round_to"), kwargs.get("max_layer_ratio"),
              target.get("target_macs"), target.get("target_params"))
     _check_ratios(model, ratios)
+    data = kwargs.get("data")
+    if steps > 1 and data is not None and iter(data) is data:
+        raise ValueError("data is an iterator, used up by the first step; pass a list or a DataLoader "
+                         "so that every step can score with it")
     plans: list[Plan] = []
     baseline: Baseline | None = None
     for step, f in enumerate(fracs, 1):

@@ -82,7 +82,8 @@ class TargetReport:
     one_step_less: float
 
     def __str__(self) -> str:
-        return (f"target_{self.metric}={self.requested:g}: keeps {self.achieved:.2%} of the {self.metric} "
+        label = {"macs": "MACs", "params": "parameters"}.get(self.metric, self.metric)
+        return (f"target_{self.metric}={self.requested:g}: keeps {self.achieved:.2%} of the {label} "
                 f"(one channel step less would keep {self.one_step_less:.2%})")
 
 
@@ -156,9 +157,12 @@ def _counts_at(order: list[int], k: int, n: int) -> list[int]:
 
 def select(cands: list[Candidate], req: Request,
            footprint: Callable[[list[GroupCut]], Footprint] | None = None,
-           reference: Footprint | None = None) -> tuple[list[GroupCut], TargetReport | None]:
+           reference: Footprint | None = None,
+           retired: tuple[int, int] = (0, 0)) -> tuple[list[GroupCut], TargetReport | None]:
     """Decide every candidate's cut. ``footprint`` predicts MACs / params of a set of cuts (needed
-    for targets); ``reference`` is what target fractions are relative to (the original model)."""
+    for targets); ``reference`` is what target fractions are relative to (the original model);
+    ``retired``: (original, current) channels of groups that earlier iterative steps cut down to one
+    channel: no longer candidates, but part of the global ratio's count."""
     mlr = req.max_layer_ratio
     if mlr is None and (req.scope == "global" or req.target is not None):
         mlr = DEFAULT_MAX_LAYER_RATIO
@@ -191,8 +195,8 @@ def select(cands: list[Candidate], req: Request,
     if req.target is None:
         if req.scope == "local":
             return cuts_for({i: _local_k(cands[i], req.ratio, req.round_to, caps[i]) for i in free}), None
-        n0 = sum(cands[i].n0 for i in free)
-        done = sum(cands[i].n0 - cands[i].group.n for i in free)
+        n0 = sum(cands[i].n0 for i in free) + retired[0]
+        done = sum(cands[i].n0 - cands[i].group.n for i in free) + retired[0] - retired[1]
         return cuts_for(state(min(states - 1, max(0, math.floor(req.ratio * n0 + 1e-9) - done)))), None
 
     assert footprint is not None and reference is not None

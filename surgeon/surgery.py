@@ -17,6 +17,7 @@ from torch import nn
 from .errors import SurgeryError
 from .graph import iter_module_calls
 from .indexmap import Pos
+from .layers import LAYER_SPECS
 from .trace import Traced, trace_fx
 
 if TYPE_CHECKING:
@@ -128,6 +129,17 @@ def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs:
             touched_layers.append((m, spec, new_sizes.get(pin, graph.size(pin)),
                                    new_sizes.get(pout, graph.size(pout))))
     owners = {id(h[0]): h[0] for path in cuts for h in holders[id(resolve_tensor(model, path))]}
+    # Subclasses of known layers with their own forward (torchvision's LayerNorm2d) are traced
+    # through, so their tensors are cut as plain attributes; their size attributes still need syncing.
+    called = {id(m) for m, *_ in touched_layers}
+    for path, dims in cuts.items():
+        owner_name = path.rpartition(".")[0]
+        owner = model.get_submodule(owner_name) if owner_name else model
+        spec = next((LAYER_SPECS[t] for t in type(owner).__mro__ if t in LAYER_SPECS), None)
+        if spec is not None and id(owner) not in called:
+            n = graph.size(Pos("p", path, dims[0][0])) - len(dims[0][1])
+            touched_layers.append((owner, spec, n, n))
+            called.add(id(owner))
     for m, *_ in touched_layers:
         owners[id(m)] = m
     snap = Snapshot(list(owners.values()))

@@ -352,3 +352,28 @@ def test_layernorm_over_channels_prunes_with_shapes_consistent():
     surgeon.prune(m, X, 0.5)
     assert m.ln.normalized_shape == (4,) and m.fc.in_features == 4 and m.a.out_channels == 4
     assert m(X).shape == (2, 2, 8, 8)
+
+
+def test_layernorm_subclass_with_own_forward_is_synced():
+    """A LayerNorm subclass that calls F.layer_norm itself (torchvision's LayerNorm2d): traced
+    through, its weight / bias are cut and its normalized_shape attribute follows."""
+
+    class LayerNorm2d(nn.LayerNorm):
+        def forward(self, x):
+            x = x.permute(0, 2, 3, 1)
+            x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+            return x.permute(0, 3, 1, 2)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.n, self.b = nn.Conv2d(3, 8, 3, padding=1), LayerNorm2d(8), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.b(self.n(self.a(x)))
+
+    m = Net().eval()
+    graph = surgeon.trace(m, X)
+    assert any(g.mixing and g.prunable and g.n == 8 for g in graph.groups)
+    surgeon.prune(m, X, 0.5)
+    assert m.n.normalized_shape == (4,) and m.n.weight.shape == (4,) and m(X).shape == (2, 2, 8, 8)
