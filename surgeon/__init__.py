@@ -13,20 +13,25 @@ groups (coupled channels) -> criteria (scores) -> plan -> surgery (physical remo
 from __future__ import annotations
 
 from .checkpoint import load, save
-from .criteria import CRITERIA
+from .cost import Footprint
+from .criteria import CRITERIA, REDUCTIONS, accumulate_gradients
 from .dependency import ChannelGraph, FrozenGroupWarning, trace
 from .errors import NothingToPrune, SurgeryError, TraceFailure
 from .groups import Group
 from .indexmap import IndexMap, Pos
 from .mask import mask, remove_masks, sparsity
 from .plan import GroupCut, Plan, plan, prune
+from .regularize import bn_l1_penalty, bn_l1_subgradient_
+from .schedule import prune_iteratively
+from .scope import TargetReport
 from .verify import EquivalenceError, assert_equivalent, zeroed_reference
 
 __all__ = [
     "trace", "plan", "prune", "mask", "remove_masks", "sparsity", "export_onnx", "save", "load",
     "count", "ChannelGraph", "Group", "Plan", "GroupCut", "Pos", "IndexMap", "CRITERIA",
     "TraceFailure", "NothingToPrune", "SurgeryError", "FrozenGroupWarning", "EquivalenceError",
-    "zeroed_reference", "assert_equivalent",
+    "zeroed_reference", "assert_equivalent", "Footprint", "REDUCTIONS", "accumulate_gradients",
+    "bn_l1_penalty", "bn_l1_subgradient_", "prune_iteratively", "TargetReport",
 ]
 
 

@@ -55,6 +55,12 @@ class CostModel:
         self.before = Footprint(int(counts.macs), int(counts.params))
         self._size = {p: graph.size(p) for p in graph.nx.nodes}
         nodes = {n.name: n for n in graph.traced.gm.graph.nodes}
+        if counts.method == "hooks":  # count could not fx-trace (it has no leaf_modules): rows are
+            calls: dict[str, int] = {}  # module paths, "path#k" for a module's k-th call
+            for n in graph.traced.gm.graph.nodes:
+                if n.op == "call_module":
+                    k = calls[str(n.target)] = calls.get(str(n.target), 0) + 1
+                    nodes[str(n.target) if k == 1 else f"{n.target}#{k}"] = n
         modules = dict(graph.model.named_modules())
         paths = param_paths(graph.model)
         self._macs: list[tuple[int, list[Pos]]] = []

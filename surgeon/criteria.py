@@ -6,7 +6,9 @@ A criterion may also declare any of these keyword arguments, and the planner fil
 
 - ``reduction``: how member scores combine into one score per channel (``REDUCTIONS``);
 - ``model``: the model being pruned (to look up which layer owns a member);
-- ``grads``: parameter path -> accumulated gradient of the loss (see ``accumulate_gradients``).
+- ``grads``: parameter path -> accumulated gradient of the loss (see ``accumulate_gradients``);
+  the planner computes it only for criteria that need data: ``taylor``, or any callable with an
+  attribute ``needs_data = True``.
 
 Scores are computed per *member* (every learned weight of the group, on its coupled dim: the
 producing convs' filters, the BatchNorm scales, the consumers' input kernels) and then combined per

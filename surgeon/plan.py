@@ -6,7 +6,6 @@ prediction in ``cost`` and iterative pruning in ``schedule``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
@@ -283,9 +282,11 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     ratios: per-module overrides {module or name: ratio} for the groups holding those modules'
         output channels; those groups are cut locally, the rest as the scope says.
     target_macs / target_params: instead of a ratio, the fraction of the original MACs /
-        parameters to keep, in (0, 1]; reached within one channel step (``Plan.target``).
+        parameters to keep, in (0, 1]; the plan keeps at most that, and one step less of the
+        removal order (one channel in global scope; the next common ratio in local scope; with
+        round_to, round_to channels) would keep more. ``Plan.target`` reports both figures.
     data, loss_fn: for "taylor": ``(inputs, target)`` batches (a list or a DataLoader; a few
-        are enough, e.g. ``itertools.islice(loader, 8)``) and ``loss_fn(output, target)``.
+        are enough, e.g. ``list(itertools.islice(loader, 8))``) and ``loss_fn(output, target)``.
     baseline: the original model's sizes, set by iterative pruning (``prune(..., steps=k)``).
     """
     if not isinstance(model, nn.Module):

@@ -83,8 +83,8 @@ class TargetReport:
 
     def __str__(self) -> str:
         label = {"macs": "MACs", "params": "parameters"}.get(self.metric, self.metric)
-        return (f"target_{self.metric}={self.requested:g}: keeps {self.achieved:.2%} of the {label} "
-                f"(one channel step less would keep {self.one_step_less:.2%})")
+        return (f"target_{self.metric}={self.requested:g}: keeps {self.achieved:.3%} of the {label} "
+                f"(one channel step less would keep {self.one_step_less:.3%})")
 
 
 def _cap(c: Candidate, mlr: float | None) -> int:

@@ -82,7 +82,7 @@ def _new_sizes(graph: "ChannelGraph", removed: dict[Pos, np.ndarray]) -> dict[Po
 
 def _shape_check(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs: Any) -> None:
     """Re-trace the pruned model and compare every activation's shape with the prediction."""
-    new = trace_fx(graph.model, inputs)
+    new = trace_fx(graph.model, inputs, graph.traced.leaf_modules)
     shapes: dict[str, Any] = {n.name: n.meta.get("tensor_meta") for n in new.gm.graph.nodes}
     bad = []
     for pos in graph.nx.nodes:

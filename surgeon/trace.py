@@ -57,6 +57,7 @@ class Traced:
     model: nn.Module
     gm: fx.GraphModule
     inputs: tuple[torch.Tensor, ...]
+    leaf_modules: tuple[Any, ...] = ()  # re-used when the pruned model is traced again
 
     @property
     def nodes(self) -> list[fx.Node]:
@@ -189,4 +190,4 @@ def trace_fx(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] 
         ) from e
     finally:
         model.train(was_training)
-    return Traced(model=model, gm=gm, inputs=inputs)
+    return Traced(model=model, gm=gm, inputs=inputs, leaf_modules=tuple(leaf_modules))

@@ -141,6 +141,8 @@ def test_leaf_module_freezes_its_channels():
     with pytest.warns(surgeon.FrozenGroupWarning, match="unsupported op Inner"):
         plan = surgeon.plan(m, X, leaf_modules=[m.inner])
     assert set(plan.removed()) == {"b", "head"}
+    plan.apply()  # the post-surgery re-trace uses the same leaf modules
+    assert m.b.out_channels == 4 and m.inner.c.out_channels == 8
 
 
 def test_nothing_prunable():

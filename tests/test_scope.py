@@ -139,6 +139,16 @@ def test_targets_met_within_one_channel_step(resnet56, scope, metric, target):
     assert f"target_{metric}={target:g}: keeps" in plan.summary()
 
 
+def test_target_with_round_to(resnet56):
+    """Channel counts stay multiples of round_to; the step is then round_to channels."""
+    import copy
+    model, x = copy.deepcopy(resnet56[0]), resnet56[1]
+    plan = surgeon.plan(model, x, scope="global", target_macs=0.5, round_to=4)
+    assert plan.after.macs <= 0.5 * plan.before.macs < plan.target.one_step_less * plan.before.macs
+    plan.apply()
+    assert all(c.out_channels % 4 == 0 for c in model.modules() if isinstance(c, nn.Conv2d) and c.out_channels > 4)
+
+
 def test_prediction_equals_count_after_surgery(resnet56):
     """The analytic before -> after figures are exact, and agree with Torch-Pruning's counter."""
     tp = pytest.importorskip("torch_pruning")
