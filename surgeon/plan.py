@@ -22,7 +22,7 @@ from .graph import iter_module_calls
 from .groups import Group
 from .indexmap import Pos
 from .scope import SCOPES, Candidate, GroupCut, Request, TargetReport, select
-from .surgery import Snapshot, apply_removal, resolve_tensor
+from .surgery import apply_removal, resolve_tensor
 
 __all__ = ["Plan", "GroupCut", "Baseline", "plan", "prune"]
 
@@ -178,19 +178,14 @@ class Plan:
         """
         if self.applied:
             raise ValueError("this plan was already applied; make a new plan for the pruned model")
-        reference = snapshot = None
+        check = None
         if verify:
-            from .verify import zeroed_reference
+            from .verify import assert_equivalent, zeroed_reference
             reference = zeroed_reference(self.model, self.removed())
-            snapshot = Snapshot(list(self.model.modules()))  # references only: cheap
-        apply_removal(self.graph, self.removed_positions(), self.graph.traced.inputs)
-        if reference is not None and snapshot is not None:
-            from .verify import EquivalenceError, assert_equivalent
-            try:
+
+            def check() -> None:  # runs inside the surgery's rollback scope
                 assert_equivalent(reference, self.model, self.graph.traced.inputs)
-            except EquivalenceError as e:
-                snapshot.restore()
-                raise EquivalenceError(f"{e}; the model was restored unchanged") from e
+        apply_removal(self.graph, self.removed_positions(), self.graph.traced.inputs, check)
         self.applied = True
         return self.model
 
