@@ -109,4 +109,4 @@ class CostModel:
 
 def cost_model(graph: "ChannelGraph") -> CostModel:
     """Count the unpruned model (``surgeon.count``) and wrap it for predictions."""
-    return CostModel(graph, count(graph.model, graph.traced.inputs))
+    return CostModel(graph, count(graph.model, graph.traced.inputs, traced=graph.traced.gm))

@@ -269,9 +269,11 @@ def _arg(node: fx.Node, index: int, name: str) -> Any:
     return node.kwargs.get(name)
 
 
-def _count_fx(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[NodeCount]:
-    gm = fx.symbolic_trace(model)
-    ShapeProp(gm).propagate(*inputs)
+def _count_fx(model: nn.Module, inputs: tuple[torch.Tensor, ...],
+              gm: fx.GraphModule | None = None) -> list[NodeCount]:
+    if gm is None:
+        gm = fx.symbolic_trace(model)
+        ShapeProp(gm).propagate(*inputs)
     seen: set[int] = set()
 
     def fresh_params(params: Iterator[nn.Parameter]) -> int:
@@ -378,12 +380,16 @@ def _count_hooks(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[Nod
 # ----------------------------------------------------------------------------
 
 
-def count(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]) -> Counts:
+def count(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
+          traced: fx.GraphModule | None = None) -> Counts:
     """Count MACs (for the batch in ``example_inputs``) and parameters of ``model``.
 
     The model runs once in eval mode under ``torch.no_grad`` (so BatchNorm
     running statistics are not touched) and every submodule's train/eval flag
     is restored.  See the module docstring for exactly what is counted.
+    ``traced``: a GraphModule of ``model`` whose nodes already carry
+    ``tensor_meta`` (``surgeon.trace`` makes one); counting then reuses it
+    instead of tracing and running the model again.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -406,7 +412,7 @@ def count(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     try:
         with torch.no_grad():
             try:
-                rows, method = _count_fx(model, inputs), "fx"
+                rows, method = _count_fx(model, inputs, traced), "fx"
             except Exception:  # untraceable model: see "Method" in the module docstring
                 rows, method = _count_hooks(model, inputs), "hooks"
     finally:

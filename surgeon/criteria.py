@@ -97,8 +97,8 @@ def member_filter(model: nn.Module, group: Group, side: str) -> Group:
 def reduce_except(t: torch.Tensor, dim: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """sum of fn(t) over every dim but ``dim``: one value per index of the position."""
     others = [d for d in range(t.dim()) if d != dim]
-    v = fn(t.detach().double())
-    return v.sum(dim=others) if others else v
+    v = fn(t.detach())  # in the weight's dtype; only the sum accumulates in float64 (no 2x copy)
+    return v.sum(dim=others, dtype=torch.float64) if others else v.double()
 
 
 def scored_members(group: Group, tensors: Mapping[str, torch.Tensor]) -> list[Pos]:
