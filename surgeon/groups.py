@@ -70,8 +70,9 @@ class Group:
 
     def removed_indices(self, channels: Iterable[int]) -> dict[Pos, np.ndarray]:
         """Sorted indices each position loses when ``channels`` are removed."""
-        chosen = np.asarray(sorted(set(int(c) for c in channels)), dtype=np.int64)
-        return {p: np.flatnonzero(np.isin(ch, chosen)) for p, ch in self.channel_of.items()}
+        gone = np.zeros(self.n, dtype=bool)
+        gone[np.asarray(list(channels), dtype=np.int64)] = True
+        return {p: np.flatnonzero(gone[ch]) for p, ch in self.channel_of.items()}
 
     def __str__(self) -> str:
         state = "prunable" if self.prunable else f"frozen: {self.frozen_reason()}"

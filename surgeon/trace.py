@@ -13,7 +13,6 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.fx as fx
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
@@ -77,19 +76,44 @@ class Traced:
 
 
 class _ShapeRecorder(fx.Interpreter):
-    """Runs the graph (under a fake mode when given) and stores each node's TensorMetadata in
-    ``node.meta["tensor_meta"]``, like fx's ShapeProp but without copying the module."""
+    """Runs the graph and stores each node's TensorMetadata in ``node.meta["tensor_meta"]``, like
+    fx's ShapeProp but quiet on failure (we raise our own error naming the inputs).
 
-    def __init__(self, gm: fx.GraphModule, fake_mode: FakeTensorMode | None) -> None:
+    With ``meta=True`` every tensor lives on the meta device: shapes without arithmetic. Measured
+    on this project's CPU (1 thread): ResNet-50 at 224x224 0.05 s instead of 0.15 s for a real
+    forward, VGG-16 0.02 s instead of 0.39 s (MobileNetV2, whose cost is per-op overhead, 0.08 s
+    instead of 0.03 s). Module parameters are swapped for meta copies only for the call.
+    """
+
+    def __init__(self, gm: fx.GraphModule, meta: bool = False) -> None:
         super().__init__(gm)
-        self.fake_mode = fake_mode
+        self.on_meta = meta
 
     def run(self, *args: Any) -> Any:  # type: ignore[override]
-        if self.fake_mode is None:
-            return super().run(*args)
-        with self.fake_mode:
-            fake = [self.fake_mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
-            return super().run(*fake)
+        if self.on_meta:
+            args = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
+        return super().run(*args)
+
+    def get_attr(self, target: Any, args: Any, kwargs: Any) -> Any:
+        v = super().get_attr(target, args, kwargs)
+        return v.to("meta") if self.on_meta and isinstance(v, torch.Tensor) else v
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if not self.on_meta:
+            return super().call_module(target, args, kwargs)
+        mod = self.fetch_attr(target)
+        saved = []
+        try:
+            for sub in mod.modules():
+                for table in (sub._parameters, sub._buffers):
+                    for k, v in table.items():
+                        if v is not None:
+                            saved.append((table, k, v))
+                            table[k] = v.to("meta")
+            return mod(*args, **kwargs)
+        finally:
+            for table, k, v in saved:
+                table[k] = v
 
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
@@ -175,12 +199,11 @@ def trace_fx(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] 
     was_training = model.training
     model.eval()
     try:
-        try:  # fake tensors: shapes without arithmetic, so a 224x224 ResNet-50 costs no forward
-            with torch.no_grad():
-                _ShapeRecorder(gm, FakeTensorMode(allow_non_fake_inputs=True)).run(*inputs)
-        except Exception:  # an op without a fake kernel: record shapes from a real forward
-            with torch.no_grad():
-                _ShapeRecorder(gm, None).run(*inputs)
+        with torch.no_grad():
+            try:
+                _ShapeRecorder(gm, meta=True).run(*inputs)
+            except Exception:  # an op without a meta kernel, or data-dependent code in a leaf
+                _ShapeRecorder(gm, meta=False).run(*inputs)
     except Exception as e:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
         raise TraceFailure(
