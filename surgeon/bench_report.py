@@ -162,8 +162,10 @@ def plot(result: BenchResult, out_dir: str | Path) -> list[Path]:
                               key=lambda r: -r.effective_macs)
                 pts = [(1.0, dense.latency[key].median_ms)] if key in dense.latency else []
                 pts += [(r.effective_macs / dense.macs, r.latency[key].median_ms) for r in rows if key in r.latency]
-                if len(pts) > 1:
-                    ax.plot(*zip(*pts), marker="o", ms=3, lw=1.2, color=_COLOURS[method], label=method)
+                if len(pts) > 1:  # Torch-Pruning dashed: it usually lies exactly on surgeon's line
+                    ax.plot(*zip(*pts), marker="o", ms=4 if method == "torch-pruning" else 3, lw=1.2,
+                            ls="--" if method == "torch-pruning" else "-", color=_COLOURS[method],
+                            mfc="none" if method == "torch-pruning" else _COLOURS[method], label=method)
             if key in dense.latency:
                 ax.plot([1.0], [dense.latency[key].median_ms], marker="*", ms=9, color=_COLOURS["dense"],
                         ls="none", label="dense")
@@ -186,23 +188,29 @@ def plot(result: BenchResult, out_dir: str | Path) -> list[Path]:
     top = max([result.theoretical(r) for r in result.rows] + [1.0]) * 1.1
     for j, key in enumerate(keys):
         ax = axes[0][j]
-        ax.plot([1, top], [1, top], color="#999999", lw=1, label="as promised")
-        ax.plot([1, top], [0.8, 0.8 * top], color="#999999", lw=1, ls="--", label="0.8 x promised")
+        ax.plot([1, top], [1, top], color="#999999", lw=1, label="as promised" if j == 0 else None)
+        ax.plot([1, top], [0.8, 0.8 * top], color="#999999", lw=1, ls="--",
+                label="0.8 x promised" if j == 0 else None)
         for mi, model in enumerate(models):
             for method in METHODS[1:]:
                 rows = [r for r in result.rows if r.model == model and r.method == method]
                 pts = [(result.theoretical(r), result.speedup(r, key)) for r in rows]
                 pts = [p for p in pts if p[1] is not None]
-                if pts:
-                    ax.scatter(*zip(*pts), s=18, color=_COLOURS[method], marker=_MARKERS[mi % len(_MARKERS)],
+                if pts:  # Torch-Pruning hollow: it often lands exactly on surgeon (same architecture)
+                    hollow = method == "torch-pruning"
+                    ax.scatter(*zip(*pts), s=34 if hollow else 16, marker=_MARKERS[mi % len(_MARKERS)],
+                               facecolors="none" if hollow else _COLOURS[method], edgecolors=_COLOURS[method],
                                label=f"{method} {model}" if j == 0 else None)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
+        ax.set_ylim(bottom=0.5)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("MACs speedup (theory)", fontsize=8)
         ax.set_ylabel("measured speedup", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     fig.legend(loc="center right", fontsize=6, frameon=False)
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
     p2 = out_dir / "speedup_vs_theory.png"
     fig.savefig(p2, dpi=80)
     plt.close(fig)

@@ -150,7 +150,8 @@ def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs:
             for dim, idx in dims:
                 keep = np.setdiff1d(np.arange(new.shape[dim]), idx)
                 new = new.index_select(dim, torch.as_tensor(keep, device=new.device))
-            new = new.clone()
+            if new.data_ptr() == old.data_ptr():
+                new = new.clone()  # only a dim with nothing removed: never share storage with `old`
             if isinstance(old, nn.Parameter):
                 new = nn.Parameter(new, requires_grad=old.requires_grad)
             for owner, name, kind in holders[id(old)]:  # tied tensors stay tied
