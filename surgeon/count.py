@@ -53,6 +53,8 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .trace import as_input_tuple
+
 __all__ = ["Counts", "NodeCount", "count", "format_count"]
 
 
@@ -393,18 +395,7 @@ def count(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(example_inputs, torch.Tensor):
-        inputs: tuple[Any, ...] = (example_inputs,)
-    elif isinstance(example_inputs, (tuple, list)):
-        inputs = tuple(example_inputs)
-    else:
-        raise TypeError(
-            "example_inputs must be a torch.Tensor or a tuple of tensors, "
-            f"got {type(example_inputs).__name__}"
-        )
-    for i, t in enumerate(inputs):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"example_inputs[{i}] must be a torch.Tensor, got {type(t).__name__}")
+    inputs = as_input_tuple(example_inputs)
 
     params = sum(p.numel() for p in model.parameters())  # parameters() dedups shared ones
     modes = [(m, m.training) for m in model.modules()]

@@ -59,6 +59,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .trace import as_input_tuple
+
 __all__ = [
     "OnnxExportError",
     "OnnxMismatchError",
@@ -120,23 +122,10 @@ class OnnxExportError(RuntimeError):
 
 
 def _as_input_tuple(example_inputs: Any, *, need_batch: bool) -> tuple[torch.Tensor, ...]:
-    """Normalise ``example_inputs`` to a tuple of tensors, with clear errors."""
-    if isinstance(example_inputs, torch.Tensor):
-        inputs: tuple[Any, ...] = (example_inputs,)
-    elif isinstance(example_inputs, (tuple, list)):
-        inputs = tuple(example_inputs)
-    else:
-        raise TypeError(
-            "example_inputs must be a torch.Tensor or a tuple of tensors, "
-            f"got {type(example_inputs).__name__}"
-        )
-    if not inputs:
-        raise ValueError("example_inputs is empty: the model needs at least one input tensor")
+    """Normalise ``example_inputs`` (see ``surgeon.trace.as_input_tuple``); a dynamic batch also
+    needs every input to have a batch dimension."""
+    inputs = as_input_tuple(example_inputs)
     for i, t in enumerate(inputs):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(
-                f"example_inputs[{i}] must be a torch.Tensor, got {type(t).__name__}"
-            )
         if need_batch and t.dim() == 0:
             raise ValueError(
                 f"example_inputs[{i}] is a 0-d tensor and has no batch dimension; "

@@ -23,17 +23,19 @@ __all__ = ["Traced", "trace_fx", "as_input_tuple"]
 
 
 def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    """Normalise ``example_inputs`` (a Tensor or a tuple/list of Tensors) to a tuple."""
+    """Normalise ``example_inputs`` (a Tensor or a tuple/list of Tensors) to a tuple; the one place
+    that checks them, so every entry point reports the same clear error."""
     if isinstance(example_inputs, torch.Tensor):
         return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
-        isinstance(t, torch.Tensor) for t in example_inputs
-    ):
-        return tuple(example_inputs)
-    raise TypeError(
-        "example_inputs must be a torch.Tensor or a non-empty tuple of Tensors, got "
-        f"{type(example_inputs).__name__}; pass e.g. torch.randn(1, 3, 224, 224)"
-    )
+    if not isinstance(example_inputs, (tuple, list)):
+        raise TypeError("example_inputs must be a torch.Tensor or a tuple of tensors, got "
+                        f"{type(example_inputs).__name__}; pass e.g. torch.randn(1, 3, 224, 224)")
+    if not example_inputs:
+        raise ValueError("example_inputs is empty: the model needs at least one input tensor")
+    for i, t in enumerate(example_inputs):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"example_inputs[{i}] must be a torch.Tensor, got {type(t).__name__}")
+    return tuple(example_inputs)
 
 
 class _Tracer(fx.Tracer):

@@ -97,7 +97,7 @@ def test_wrong_input_shape(tiny, x):
 
 
 def test_example_inputs_must_be_tensors(tiny):
-    with pytest.raises(TypeError, match="example_inputs must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"example_inputs\[0\] must be a torch.Tensor"):
         surgeon.plan(tiny, [1, 2, 3])
 
 
