@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .checkpoint import load, save
 from .cost import Footprint
+from .count import count
 from .criteria import CRITERIA, REDUCTIONS, accumulate_gradients
 from .dependency import ChannelGraph, FrozenGroupWarning, trace
 from .errors import NothingToPrune, SurgeryError, TraceFailure
@@ -35,11 +36,8 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # export / count import onnx lazily: keep `import surgeon` light
+def __getattr__(name: str):  # export imports onnx lazily: keep `import surgeon` light
     if name == "export_onnx":
         from .export import export_onnx
         return export_onnx
-    if name == "count":
-        from .count import count
-        return count
     raise AttributeError(f"module 'surgeon' has no attribute {name!r}")

@@ -314,3 +314,7 @@ def test_dict_outputs_are_never_pruned():
     m = DictOut()
     surgeon.prune(m, X, 0.5)
     assert m.head.out_channels == 4 and m.a.out_channels == 4
+
+
+def test_public_count_is_the_function(tiny):
+    assert surgeon.count(tiny, X).params == sum(p.numel() for p in tiny.parameters())
