@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     import surgeon
     import surgeon_models as zoo
-    from surgeon.bench import mask_to_match, ort_runner, time_side_by_side, effective_macs
+    from surgeon.bench import bench_session, effective_macs, mask_to_match, ort_runner, time_side_by_side
     from surgeon.count import format_count
-    from surgeon.export import export_onnx, onnx_session
+    from surgeon.export import export_onnx
     from tqdm import tqdm
 
     try:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     sessions = {}
     for name, m in models.items():
         path = export_onnx(m, x, out / f"{name.split()[0]}.onnx")
-        sessions[name] = onnx_session(path, threads=args.threads)
+        sessions[name] = bench_session(path, threads=args.threads)  # no spinning: see bench.py
     steps.update()
 
     steps.set_postfix_str("onnxruntime latency")
