@@ -53,7 +53,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .trace import as_input_tuple
+from .trace import ExampleInputs, as_example_inputs
 
 __all__ = ["Counts", "NodeCount", "count", "format_count"]
 
@@ -271,11 +271,13 @@ def _arg(node: fx.Node, index: int, name: str) -> Any:
     return node.kwargs.get(name)
 
 
-def _count_fx(model: nn.Module, inputs: tuple[torch.Tensor, ...],
+def _count_fx(model: nn.Module, inputs: ExampleInputs,
               gm: fx.GraphModule | None = None) -> list[NodeCount]:
     if gm is None:
         gm = fx.symbolic_trace(model)
-        ShapeProp(gm).propagate(*inputs)
+        if inputs.kwargs:
+            raise TypeError("symbolic tracing takes positional inputs")
+        ShapeProp(gm).propagate(*inputs.args)
     seen: set[int] = set()
 
     def fresh_params(params: Iterator[nn.Parameter]) -> int:
@@ -343,7 +345,7 @@ def _tensor_shape(x: Any) -> tuple[int, ...] | None:
     return None
 
 
-def _count_hooks(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[NodeCount]:
+def _count_hooks(model: nn.Module, inputs: ExampleInputs) -> list[NodeCount]:
     rows: list[NodeCount] = []
     seen: set[int] = set()
     calls: dict[str, int] = {}
@@ -370,7 +372,7 @@ def _count_hooks(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[Nod
         if not any(True for _ in m.children())  # leaves (the root too, if it is one)
     ]
     try:
-        model(*inputs)
+        inputs.call(model)
     finally:
         for h in handles:
             h.remove()
@@ -382,7 +384,7 @@ def _count_hooks(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[Nod
 # ----------------------------------------------------------------------------
 
 
-def count(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
+def count(model: nn.Module, example_inputs: Any,
           traced: fx.GraphModule | None = None) -> Counts:
     """Count MACs (for the batch in ``example_inputs``) and parameters of ``model``.
 
@@ -395,7 +397,7 @@ def count(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inputs = as_input_tuple(example_inputs)
+    inputs = as_example_inputs(example_inputs)
 
     params = sum(p.numel() for p in model.parameters())  # parameters() dedups shared ones
     modes = [(m, m.training) for m in model.modules()]
@@ -409,7 +411,8 @@ def count(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor
     finally:
         for m, mode in modes:
             m.training = mode
-    batch = int(inputs[0].shape[0]) if inputs and inputs[0].dim() > 0 else None
+    first = inputs.tensors()[0]
+    batch = int(first.shape[0]) if first.dim() > 0 else None
     return Counts(sum(r.macs for r in rows), params, rows, method, batch)
 
 

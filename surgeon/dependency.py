@@ -61,15 +61,20 @@ class ChannelGraph:
 
 
 def trace(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = (),
-          warn: bool = True) -> ChannelGraph:
+          warn: bool = True, tracer: str = "auto") -> ChannelGraph:
     """Trace ``model`` with torch.fx and build its channel-dependency graph.
 
     ``example_inputs`` is a Tensor or a tuple of Tensors of the shape the model expects.
     ``leaf_modules`` (module types, submodules or their names) are kept opaque by fx: use it for
     code fx cannot trace; their channels are frozen. Groups frozen by ops surgeon does not
     understand are reported with a ``FrozenGroupWarning`` naming the node and op.
+
+    ``example_inputs`` may also be a dict of keyword inputs (``{"input_ids": ids, ...}``).
+    ``tracer``: "fx" traces symbolically; "concrete" runs the model's real forward and records every
+    torch call (works on shape checks, loops over chunks, ``*args/**kwargs``, dataclass outputs);
+    "auto" (default) tries fx and falls back to concrete. ``graph.traced.method`` says which ran.
     """
-    traced = trace_fx(model, example_inputs, leaf_modules)
+    traced = trace_fx(model, example_inputs, leaf_modules, method=tracer)
     g = build_graph(traced)
     groups = find_groups(g)
     notes = []

@@ -5,7 +5,7 @@ catches them; failures of our own invariants are ``SurgeryError``.
 """
 from __future__ import annotations
 
-__all__ = ["TraceFailure", "NothingToPrune", "SurgeryError"]
+__all__ = ["TraceFailure", "NothingToPrune", "SurgeryError", "ValueDependentWarning"]
 
 
 class TraceFailure(ValueError):
@@ -18,3 +18,8 @@ class NothingToPrune(ValueError):
 
 class SurgeryError(RuntimeError):
     """A structural change broke an invariant; the model has been restored to its previous state."""
+
+
+class ValueDependentWarning(UserWarning):
+    """The model's forward branched on a tensor's value while being traced concretely: the graph
+    surgeon analysed is the path the example inputs took."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Union
 
 import networkx as nx
+import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
@@ -20,7 +21,7 @@ from .indexmap import IndexMap, Pos
 from .registry import OpEntry, lookup
 from .trace import Traced
 
-__all__ = ["Fixed", "RuleContext", "build_graph", "op_label", "param_paths"]
+__all__ = ["Fixed", "RuleContext", "build_graph", "op_label", "param_paths", "layer_positions"]
 
 Ref = Union[fx.Node, tuple]  # a node, or (node, k) for the k-th tensor of a tuple output
 
@@ -81,7 +82,7 @@ class RuleContext:
     def _meta(self, ref: Ref) -> Any:
         node, k = (ref, None) if isinstance(ref, fx.Node) else ref
         m = node.meta.get("tensor_meta")
-        return m[k] if k is not None and isinstance(m, (tuple, list)) else m
+        return m[k] if k is not None and not isinstance(m, TensorMetadata) and isinstance(m, (tuple, list)) else m
 
     def shape(self, ref: Ref) -> tuple[int, ...]:
         m = self._meta(ref)
@@ -92,15 +93,17 @@ class RuleContext:
         return self.shape(self.node)
 
     def is_tuple(self, ref: Any) -> bool:
-        return isinstance(ref, fx.Node) and isinstance(ref.meta.get("tensor_meta"), (tuple, list))
+        """The node outputs several tensors (TensorMetadata itself is a NamedTuple: not that)."""
+        if not isinstance(ref, fx.Node):
+            return False
+        m = ref.meta.get("tensor_meta")
+        return isinstance(m, (tuple, list)) and not isinstance(m, TensorMetadata)
 
     def tuple_len(self, node: fx.Node) -> int:
-        m = node.meta.get("tensor_meta")
-        return len(m) if isinstance(m, (tuple, list)) else 1
+        return len(node.meta["tensor_meta"]) if self.is_tuple(node) else 1
 
     def n_outputs(self) -> int:
-        m = self.node.meta.get("tensor_meta")
-        return len(m) if isinstance(m, (tuple, list)) else 1
+        return self.tuple_len(self.node)
 
     def tensor_inputs(self) -> list[Ref]:
         return self._b.tensor_refs(list(self.node.args) + list(self.node.kwargs.values()))
@@ -114,7 +117,9 @@ class RuleContext:
     def p(self, name: str, dim: int) -> Pos | None:
         """Position of dim ``dim`` of the current module's tensor ``name`` (None if it is None)."""
         assert self.module is not None
-        t = getattr(self.module, name, None)
+        t: Any = self.module
+        for part in name.split("."):  # "out_proj.weight": a child's tensor
+            t = getattr(t, part, None)
         if not isinstance(t, torch.Tensor):
             return None
         pos = self._b.param_pos(t, f"{self.qualname}.{name}", dim)
@@ -129,7 +134,12 @@ class RuleContext:
         assert imap.src.size == 0 or (0 <= imap.src.min() and imap.src.max() < na
                                       and 0 <= imap.dst.min() and imap.dst.max() < nb), (
             f"{self.op_name} rule maps indices outside {a} (size {na}) or {b} (size {nb})")
-        self._b.g.add_edge(a, b, map=imap, node=self.node.name, op=self.op_name)
+        g = self._b.g
+        if g.has_edge(a, b):  # a second map between the same positions adds pairs (one edge each)
+            old = g.edges[a, b]["map"]
+            imap = IndexMap(f"{old.kind}, {imap.kind}", np.concatenate([old.src, imap.src]),
+                            np.concatenate([old.dst, imap.dst]))
+        g.add_edge(a, b, map=imap, node=self.node.name, op=self.op_name)
 
     def same(self, a: Pos | None, b: Pos | None) -> None:
         if a is None or b is None:
@@ -139,7 +149,27 @@ class RuleContext:
         self.couple(a, b, IndexMap.identity(n))
 
     def fix(self, pos: Pos, reason: str, unsupported: bool = False) -> None:
+        if unsupported and self.source:
+            reason = f"{reason} at {self.source}"
         self._b.fix(pos, Fixed(reason, self.node.name, unsupported))
+
+    @property
+    def source(self) -> str:
+        """The user's source line that made this node ("file:line"), when the tracer knows it."""
+        return self.node.meta.get("source", "")
+
+    def sync_attr(self, size_arg: Any, pos: Pos) -> None:
+        """``size_arg`` (an fx node of the concrete tracer) is a module's int attribute used as the
+        size of ``pos``: after surgery the attribute must equal the new size of ``pos``."""
+        qual, name = size_arg.meta["attr"]
+        self._b.g.graph.setdefault("attr_syncs", []).append((qual, name, pos))
+
+    def owner_of(self, ref: Any) -> nn.Module | None:
+        """The module holding the parameter that a ``get_attr`` node reads (None otherwise)."""
+        if not (isinstance(ref, fx.Node) and ref.op == "get_attr"):
+            return None
+        owner = str(ref.target).rpartition(".")[0]
+        return self._b.modules.get(owner)
 
     def mark_mixing(self, pos: Pos) -> None:
         """The op normalises across the channels of ``pos``: its group is not exactly zeroable."""
@@ -241,7 +271,7 @@ class _Builder:
             return  # arithmetic on sizes and other non-tensor values
         entry: OpEntry | None = lookup(node.op, node.target, module)
         if entry is None:
-            reason = f"unsupported op {ctx.op_name}"
+            reason = f"unsupported op {ctx.op_name}" + (f" at {ctx.source}" if ctx.source else "")
             for ref in ins + outs:
                 for p in self.all_positions(ref):
                     self.fix(p, Fixed(reason, node.name, unsupported=True))
@@ -252,7 +282,7 @@ class _Builder:
         try:
             entry.rule(ctx)
         except Exception as e:  # a rule that cannot handle this call freezes it, never guesses
-            reason = f"{ctx.op_name} rule failed ({type(e).__name__}: {e})"
+            reason = f"{ctx.op_name} rule failed ({type(e).__name__}: {e})" + (f" at {ctx.source}" if ctx.source else "")
             for ref in ins + outs:
                 for p in self.all_positions(ref):
                     self.fix(p, Fixed(reason, node.name, unsupported=True))
@@ -269,6 +299,19 @@ class _Builder:
 def build_graph(traced: Traced) -> nx.DiGraph:
     """Build the position graph of a traced model (see module docstring)."""
     return _Builder(traced).run()
+
+
+def layer_positions(node: fx.Node, in_dim: int, out_dim: int) -> tuple[Pos, Pos]:
+    """The channel positions of a layer call's first input and (first) output."""
+    def pos(n: fx.Node, dim: int) -> Pos:
+        m = n.meta["tensor_meta"]
+        if not isinstance(m, TensorMetadata):
+            k = next(i for i, mk in enumerate(m) if isinstance(mk, TensorMetadata))
+            return Pos("t", f"{n.name}#{k}", dim % len(m[k].shape))
+        return Pos("t", n.name, dim % len(m.shape))
+
+    x = node.args[0] if node.args else next(v for v in node.kwargs.values() if isinstance(v, fx.Node))
+    return pos(x, in_dim), pos(node, out_dim)
 
 
 def iter_module_calls(traced: Traced) -> Iterator[tuple[fx.Node, str, nn.Module, OpEntry]]:

@@ -35,6 +35,8 @@ class LayerSpec:
     zero_inputs: oracle helper, zeroes the weight slices that read the given input channels.
     mixing: True when the layer normalises *across* channels, so removing one changes the others
         (surgical equivalence then does not hold exactly; tests use shape / ONNX parity instead).
+    weight_dims: (input dim, output dim) of ``weight``, for a layer whose tensors a subclass uses
+        functionally (``F.conv2d(x, self.weight)``): the oracle reads its cut input channels there.
     """
 
     in_dim: int
@@ -45,6 +47,7 @@ class LayerSpec:
     zero_inputs: Optional[Callable[[nn.Module, list[int]], None]] = None
     mixing: bool = False
     notes: str = field(default="")
+    weight_dims: Optional[tuple[int, int]] = None  # (input dim, output dim) of ``weight``
 
 
 def _pass_through(ctx: "RuleContext", skip: int | None = None) -> None:
@@ -251,15 +254,34 @@ def _check_prelu(m: nn.Module) -> list[str]:
     return [] if m.weight.numel() == m.num_parameters else [f"num_parameters={m.num_parameters} vs weight {tuple(m.weight.shape)}"]
 
 
-_CONV = LayerSpec(1, 1, _couple_conv, _sync_conv, _check_conv, _zero_conv_inputs)
+def _couple_embedding(ctx: "RuleContext") -> None:
+    """nn.Embedding: output[..., e] = weight[index, e]; the indices carry no channels."""
+    idx = ctx.tensor_inputs()[0]
+    for d in range(len(ctx.shape(idx))):
+        ctx.same(ctx.t(idx, d), ctx.t(ctx.node, d))
+    ctx.same(ctx.t(ctx.node, -1), ctx.p("weight", 1))
+
+
+def _sync_embedding(m: nn.Module, n_in: int, n_out: int) -> None:
+    m.num_embeddings, m.embedding_dim = m.weight.shape
+
+
+def _check_embedding(m: nn.Module) -> list[str]:
+    ok = tuple(m.weight.shape) == (m.num_embeddings, m.embedding_dim)
+    return [] if ok else [f"num_embeddings/embedding_dim={m.num_embeddings}/{m.embedding_dim} vs weight {tuple(m.weight.shape)}"]
+
+
+_CONV = LayerSpec(1, 1, _couple_conv, _sync_conv, _check_conv, _zero_conv_inputs, weight_dims=(1, 0))
 _CONVT = LayerSpec(1, 1, _couple_conv_transpose, _sync_conv_transpose, _check_conv_transpose,
-                   _zero_conv_transpose_inputs)
+                   _zero_conv_transpose_inputs, weight_dims=(0, 1))
 _NORM = LayerSpec(1, 1, _couple_per_channel, _sync_num_features, _check_num_features)
 
 LAYER_SPECS: dict[type, LayerSpec] = {
     nn.Conv1d: _CONV, nn.Conv2d: _CONV, nn.Conv3d: _CONV,
     nn.ConvTranspose1d: _CONVT, nn.ConvTranspose2d: _CONVT, nn.ConvTranspose3d: _CONVT,
-    nn.Linear: LayerSpec(-1, -1, _couple_linear, _sync_linear, _check_linear, _zero_linear_inputs),
+    nn.Linear: LayerSpec(-1, -1, _couple_linear, _sync_linear, _check_linear, _zero_linear_inputs,
+                         weight_dims=(1, 0)),
+    nn.Embedding: LayerSpec(0, -1, _couple_embedding, _sync_embedding, _check_embedding),
     nn.BatchNorm1d: _NORM, nn.BatchNorm2d: _NORM, nn.BatchNorm3d: _NORM,
     nn.InstanceNorm1d: _NORM, nn.InstanceNorm2d: _NORM, nn.InstanceNorm3d: _NORM,
     nn.GroupNorm: LayerSpec(1, 1, _couple_group_norm, _sync_group_norm, _check_group_norm),

@@ -18,7 +18,7 @@ from .criteria import (Criterion, accumulate_gradients, bind_criterion, check_re
                        get_criterion, is_input_side, member_filter, needs_data)
 from .dependency import ChannelGraph, trace
 from .errors import NothingToPrune
-from .graph import iter_module_calls
+from .graph import iter_module_calls, layer_positions
 from .groups import Group
 from .indexmap import Pos
 from .scope import SCOPES, Candidate, GroupCut, Request, TargetReport, select
@@ -100,6 +100,23 @@ def removed_counts(cuts: list[GroupCut]) -> dict[Pos, int]:
     return out
 
 
+def _functional_cut(model: nn.Module, owner: str, pos: dict[Pos, np.ndarray]) -> dict[str, list[int]]:
+    """"in" / "out" of a module whose tensors are used functionally (not called as a layer): read
+    off its weight's dims when it is a known layer (``weight_dims``: which dim is in, which out),
+    else every cut index of its tensors counts as both."""
+    from .registry import layer_spec
+    m = model.get_submodule(owner) if owner else model
+    spec = layer_spec(m)
+    empty = np.zeros(0, int)
+    if spec is not None and spec.weight_dims is not None:
+        w_in, w_out = spec.weight_dims
+        prefix = f"{owner}.weight" if owner else "weight"
+        return {"out": pos.get(Pos("p", prefix, w_out), empty).tolist(),
+                "in": pos.get(Pos("p", prefix, w_in), empty).tolist()}
+    idx = sorted({int(i) for p, v in pos.items() if p.kind == "p" and _owner(p.ref) == owner for i in v})
+    return {"out": idx, "in": idx}
+
+
 class Plan:
     """Which channels of which groups to remove. Nothing changes until ``apply()``.
 
@@ -139,15 +156,13 @@ class Plan:
         for node, qn, _, entry in iter_module_calls(self.graph.traced):
             if qn not in lose or qn in result:
                 continue
-            x = node.args[0]
-            pin = Pos("t", x.name, entry.layer.in_dim % len(x.meta["tensor_meta"].shape))
-            pout = Pos("t", node.name, entry.layer.out_dim % len(node.meta["tensor_meta"].shape))
+            pin, pout = layer_positions(node, entry.layer.in_dim, entry.layer.out_dim)
             result[qn] = {"out": pos.get(pout, np.zeros(0, int)).tolist(),
                           "in": pos.get(pin, np.zeros(0, int)).tolist()}
-        for p, idx in pos.items():  # tensors used directly in forward (layer-scale gammas)
+        for p, idx in pos.items():  # tensors used directly in forward (F.conv2d(x, self.weight), gammas)
             owner = _owner(p.ref)
             if p.kind == "p" and len(idx) and owner not in result:
-                result[owner] = {"out": idx.tolist(), "in": idx.tolist()}
+                result[owner] = _functional_cut(self.model, owner, pos)
         return dict(sorted(result.items()))
 
     def summary(self) -> str:
@@ -257,7 +272,7 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
          max_layer_ratio: float | None = None, ratios: Mapping[Any, float] | None = None,
          target_macs: float | None = None, target_params: float | None = None,
          data: Iterable[Any] | None = None, loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
-         baseline: Baseline | None = None) -> Plan:
+         baseline: Baseline | None = None, tracer: str = "auto") -> Plan:
     """Trace ``model``, score every prunable group and decide what to remove (nothing is changed).
 
     ratio: fraction of channels removed, in [0, 1): from each group (local scope) or from all
@@ -283,6 +298,8 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     data, loss_fn: for "taylor": ``(inputs, target)`` batches (a list or a DataLoader; a few
         are enough, e.g. ``list(itertools.islice(loader, 8))``) and ``loss_fn(output, target)``.
     baseline: the original model's sizes, set by iterative pruning (``prune(..., steps=k)``).
+    tracer: "auto" (symbolic torch.fx, falling back to running the real forward when fx fails or
+        inputs are keyword arguments), "fx" or "concrete" (see ``surgeon.trace``).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -295,7 +312,7 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
                          "target), ...] (a few batches) and loss_fn=(output, target) -> loss")
     ignored = set(_module_names(model, ignore or (), "ignore"))
     overrides = _check_ratios(model, ratios)
-    graph = trace(model, example_inputs, leaf_modules=leaf_modules)
+    graph = trace(model, example_inputs, leaf_modules=leaf_modules, tracer=tracer)
     cost = cost_model(graph)
     grads = accumulate_gradients(model, data, loss_fn) if needs_data(fn) else None
     score = bind_criterion(fn, reduction, model=model, grads=grads)

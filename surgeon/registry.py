@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import rules
+from . import attention, functional, rules
 from .layers import LAYER_SPECS, LayerSpec
+from .record import attribute_int, constant_tensor
 
-__all__ = ["OpEntry", "lookup", "register_function", "register_method", "register_module"]
+__all__ = ["OpEntry", "lookup", "layer_spec", "register_function", "register_method", "register_module"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class OpEntry:
 
 
 _MODULES: dict[type, OpEntry] = {t: OpEntry(spec.couple, spec) for t, spec in LAYER_SPECS.items()}
+_MODULES[nn.MultiheadAttention] = OpEntry(attention.MHA_SPEC.couple, attention.MHA_SPEC)
 _FUNCTIONS: dict[Any, OpEntry] = {}
 # Functions of optional packages, keyed by "module.name" so the core never imports them.
 _FUNCTIONS_BY_NAME: dict[str, OpEntry] = {
@@ -72,6 +74,9 @@ for _t in _ELEMENTWISE_MODULES:
 for _t in _CHANNELWISE_MODULES:
     register_module(_t, rules.channelwise)
 register_module(nn.Flatten, rules.flatten)
+register_module(nn.PixelShuffle, lambda ctx: rules.pixel_shuffle(ctx, ctx.module.upscale_factor))
+register_module(nn.PixelUnshuffle, lambda ctx: rules.pixel_unshuffle(ctx, ctx.module.downscale_factor))
+register_module(nn.ChannelShuffle, lambda ctx: rules.channel_shuffle(ctx, ctx.module.groups))
 for _t in (nn.Softmax, nn.LogSoftmax, nn.Softmin):
     register_module(_t, lambda ctx: rules.along_dim(ctx, ctx.module.dim))
 
@@ -106,9 +111,23 @@ for _f, _r in [
     (torch.amin, rules.reduce), (torch.std, rules.reduce), (torch.var, rules.reduce),
     (torch.softmax, rules.along_dim), (F.softmax, rules.along_dim), (F.log_softmax, rules.along_dim),
     (operator.getitem, rules.getitem), (F.layer_norm, rules.layer_norm),
+    # functional calls with a module's own tensors (functional.py)
+    (F.conv1d, functional.conv), (F.conv2d, functional.conv), (F.conv3d, functional.conv),
+    (F.linear, functional.linear), (F.batch_norm, functional.batch_norm),
+    (F.instance_norm, functional.batch_norm), (F.group_norm, functional.group_norm),
+    (F.embedding, functional.embedding),
+    # attention (attention.py)
+    (F.scaled_dot_product_attention, attention.sdpa), (operator.matmul, attention.matmul),
+    (torch.matmul, attention.matmul), (torch.bmm, attention.matmul),
+    (torch.stack, rules.stack), (torch.unbind, rules.unbind), (F.pixel_shuffle, rules.pixel_shuffle),
+    (F.pixel_unshuffle, rules.pixel_unshuffle), (torch.pixel_shuffle, rules.pixel_shuffle),
+    (torch.pixel_unshuffle, rules.pixel_unshuffle), (F.channel_shuffle, rules.channel_shuffle),
+    (torch.channel_shuffle, rules.channel_shuffle), (torch.native_channel_shuffle, rules.channel_shuffle),
+    (constant_tensor, rules.constant),
 ]:
     register_function(_f, _r)
 register_function(getattr, rules.shape_only, shape_only=True)
+register_function(attribute_int, rules.shape_only, shape_only=True)
 
 for _m in ["add", "sub", "mul", "div", "truediv", "add_", "sub_", "mul_", "div_", "relu", "relu_",
            "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "abs", "neg", "exp", "log",
@@ -121,11 +140,23 @@ for _m, _r in [
     ("transpose", rules.transpose), ("split", rules.split), ("chunk", rules.chunk),
     ("mean", rules.reduce), ("sum", rules.reduce), ("amax", rules.reduce), ("amin", rules.reduce),
     ("std", rules.reduce), ("var", rules.reduce), ("softmax", rules.along_dim),
-    ("log_softmax", rules.along_dim),
+    ("log_softmax", rules.along_dim), ("matmul", attention.matmul), ("bmm", attention.matmul),
+    ("expand_as", rules.elementwise), ("unbind", rules.unbind), ("expand", rules.expand),
 ]:
     register_method(_m, _r)
 for _m in ("size", "dim", "numel"):
     register_method(_m, rules.shape_only, shape_only=True)
+
+
+def layer_spec(module: nn.Module) -> LayerSpec | None:
+    """The layer spec of ``module``'s class or its nearest registered base, *whatever its forward*:
+    what the surgery needs to re-sync a subclass's size attributes (timm's ``BatchNormAct2d``,
+    ``Conv2dSame``) after its tensors were cut through functional calls."""
+    for base in type(module).__mro__:
+        entry = _MODULES.get(base)
+        if entry is not None and entry.layer is not None:
+            return entry.layer
+    return None
 
 
 def lookup(op: str, target: Any, module: nn.Module | None = None) -> OpEntry | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import operator
 from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import torch.fx as fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "elementwise", "channelwise", "pad", "reduce", "along_dim", "flatten", "reshape", "view",
-    "permute", "transpose", "cat", "split", "chunk", "getitem", "layer_norm", "shape_only",
+    "permute", "transpose", "cat", "split", "chunk", "getitem", "layer_norm", "shape_only", "stack",
+    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "constant", "size_kind", "unbind", "expand", "int_value",
 ]
 
 
@@ -135,37 +137,100 @@ def _merge_chunks(s: Sequence[int], o: Sequence[int]) -> list[tuple[list[int], l
     return chunks if i == len(si) and j == len(oj) else None
 
 
+def int_value(v: Any) -> int | None:
+    """The value of an int argument: a literal, or a node of the concrete tracer / an attribute
+    node that knows its value; None when only known at run time (a symbolic fx proxy)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, fx.Node) and isinstance(v.meta.get("value"), int):
+        return v.meta["value"]
+    return None
+
+
+def size_kind(v: Any) -> str:
+    """How a requested size of a view / reshape / split was written.
+
+    "free": -1, or computed from a tensor's size at run time (``x.size(1) // 2``): it follows the
+    tensors when they shrink. "attr": a module's int attribute read as is (``self.num_heads``,
+    recorded by the concrete tracer): it can follow if the surgery updates the attribute.
+    "literal": typed in the code, or arithmetic on attributes only: it stays as it is.
+    """
+    if isinstance(v, fx.Node):
+        return v.meta.get("size_kind", "free")
+    return "free" if v == -1 else "literal"
+
+
 def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None) -> None:
     """Shared by flatten / view / reshape / squeeze / unsqueeze.
 
-    A dim that keeps its size maps by identity; merged dims map their *first* (outermost) dim
-    block-wise onto the merged dim (channel c of C x H x W -> [c*H*W, (c+1)*H*W)) and fix the
-    rest; a dim split into several is fixed. ``size_args`` are the requested output sizes of a
-    view / reshape: an output dim whose requested size is a hard-coded int would keep its old
-    size after pruning, so it is fixed (a warning names it) unless it is -1 or computed at run time.
+    The input and output dims are matched in chunks of equal size products (``_merge_chunks``):
+    - one dim to one dim: identity;
+    - several dims merged into one: the *first* (outermost) input dim maps block-wise onto the
+      merged dim (channel c of C x H x W -> [c*H*W, (c+1)*H*W)); the others are fixed;
+    - one dim split into several: exactly one output dim may change, the "free" one: the dim whose
+      requested size is -1 or computed at run time, else the outermost whose size is a module
+      attribute (``self.num_heads``: whole heads), and input index c maps onto its index
+      ``(c // inner) % size`` (inner: product of the sizes after it). A channel shuffle
+      ``view(b, 2, c // 2, h, w)`` thus couples c with c % (C/2); a head split
+      ``view(b, n, self.num_heads, self.head_dim)`` couples c with head c // head_dim.
+    A requested output size that is a hard-coded int would keep its old value after pruning, so
+    that dim is fixed (a warning names it); a size read from a module attribute is recorded for
+    the surgery to update (``ctx.sync_attr``).
     """
     x = ctx.tensor_inputs()[0]
     s, out = ctx.shape(x), ctx.out_shape()
     chunks = _merge_chunks(s, out)
     if chunks is None:
         return
+
+    def requested(o: int) -> Any:
+        if size_args is None:
+            return -1  # flatten / squeeze / unsqueeze take dims, never sizes
+        return size_args[o] if o < len(size_args) else None
+
     for ins, outs in chunks:
-        if len(outs) != 1:
-            continue  # one dim split into several (e.g. channel shuffle): fixed
-        o = outs[0]
-        if size_args is not None:
-            requested = size_args[o] if o < len(size_args) else None
-            if isinstance(requested, int) and requested != -1:
-                why = f"hard-coded size {requested} in {ctx.op_name}"
+        if len(outs) == 1:
+            o = outs[0]
+            kind = size_kind(requested(o))
+            if kind == "literal":
+                why = f"hard-coded size {requested(o)} in {ctx.op_name}"
                 for d in ins:
                     ctx.fix(ctx.t(x, d), why, unsupported=True)
                 ctx.fix(ctx.t(ctx.node, o), why, unsupported=True)
                 continue
-        k = 1
-        for d in ins[1:]:
-            k *= s[d]
-        ctx.couple(ctx.t(x, ins[0]), ctx.t(ctx.node, o), IndexMap.block(s[ins[0]], k) if k > 1
-                   else IndexMap.identity(s[ins[0]]))
+            k = 1
+            for d in ins[1:]:
+                k *= s[d]
+            ctx.couple(ctx.t(x, ins[0]), ctx.t(ctx.node, o), IndexMap.block(s[ins[0]], k) if k > 1
+                       else IndexMap.identity(s[ins[0]]))
+            if kind == "attr":
+                ctx.sync_attr(requested(o), ctx.t(ctx.node, o))
+        elif len(ins) == 1:
+            kinds = [size_kind(requested(o)) for o in outs]
+            free = [i for i, k in enumerate(kinds) if k == "free"]
+            attrs = [i for i, k in enumerate(kinds) if k == "attr"]
+            if len(free) == 1:
+                f = free[0]
+            elif not free and attrs:
+                f = attrs[0]
+            else:
+                if free:
+                    why = f"{ctx.op_name} splits a dim into several sizes computed at run time"
+                else:  # every piece hard-coded: pruning would need new literals
+                    why = f"hard-coded sizes {[requested(o) for o in outs]} in {ctx.op_name}"
+                ctx.fix(ctx.t(x, ins[0]), why, unsupported=True)
+                continue
+            inner = 1
+            for o in outs[f + 1:]:
+                inner *= out[o]
+            n = s[ins[0]]
+            src = np.arange(n)
+            ctx.couple(ctx.t(x, ins[0]), ctx.t(ctx.node, outs[f]),
+                       IndexMap(f"split /{inner} %{out[outs[f]]}", src, (src // inner) % out[outs[f]]))
+            if kinds[f] == "attr":
+                ctx.sync_attr(requested(outs[f]), ctx.t(ctx.node, outs[f]))
 
 
 def flatten(ctx: "RuleContext") -> None:
@@ -262,15 +327,110 @@ def chunk(ctx: "RuleContext") -> None:
 
 
 def split(ctx: "RuleContext") -> None:
-    """torch.split with hard-coded sizes: the pieces keep their sizes only if nothing along the split
-    dim is removed, so that dim is fixed (other dims pass through)."""
+    """torch.split(x, sizes, dim). Hard-coded sizes would stay after a cut, so the split dim is fixed
+    (other dims pass through) unless every size is a module attribute (``x.split((self.c, self.c),
+    1)``, recorded by the concrete tracer): then piece k's element j is input element
+    offset_k + j, pieces sized by the same attribute lose the same local indices (so they stay
+    equal), and the surgery sets each attribute to its piece's new size."""
     x = ctx.tensor_inputs()[0]
     dim = _arg(ctx.node, 2, "dim", 0)
     if not isinstance(dim, int):
         return
     dim %= len(ctx.shape(x))
     _pieces(ctx, dim)
-    ctx.fix(ctx.t(x, dim), f"hard-coded split sizes in {ctx.op_name}", unsupported=True)
+    sizes = _arg(ctx.node, 1, "split_size_or_sections")
+    if not (isinstance(sizes, (list, tuple)) and sizes and len(sizes) == ctx.n_outputs()
+            and all(size_kind(v) == "attr" for v in sizes)):
+        ctx.fix(ctx.t(x, dim), f"hard-coded split sizes in {ctx.op_name}", unsupported=True)
+        return
+    first: dict[Any, int] = {}
+    off = 0
+    for k, v in enumerate(sizes):
+        n = ctx.shape((ctx.node, k))[dim]
+        piece = ctx.t((ctx.node, k), dim)
+        ctx.couple(piece, ctx.t(x, dim), IndexMap.offset(n, off, "split"))
+        key = v.meta["attr"]
+        if key in first:
+            ctx.same(ctx.t((ctx.node, first[key]), dim), piece)
+        else:
+            first[key] = k
+        ctx.sync_attr(v, piece)
+        off += n
+
+
+def unbind(ctx: "RuleContext") -> None:
+    """x.unbind(dim): piece k is x[k] along ``dim`` (that dim is consumed: fixed); every other dim
+    d of x is dim d (before it) or d - 1 (after it) of every piece."""
+    x = ctx.tensor_inputs()[0]
+    n = len(ctx.shape(x))
+    dim = _arg(ctx.node, 1, "dim", 0)
+    if not isinstance(dim, int):
+        return
+    dim %= n
+    for k in range(ctx.n_outputs()):
+        for d in range(n):
+            if d != dim:
+                ctx.same(ctx.t(x, d), ctx.t((ctx.node, k), d if d < dim else d - 1))
+
+
+def stack(ctx: "RuleContext") -> None:
+    """torch.stack(tensors, dim): a new dim of size len(tensors) (fixed); every input's dim d is the
+    output's dim d (before the new one) or d + 1 (after it)."""
+    inputs = ctx.tensor_inputs()
+    out = ctx.out_shape()
+    dim = _arg(ctx.node, 1, "dim", 0)
+    if not isinstance(dim, int) or len(inputs) != len(ctx.node.args[0]):
+        return
+    dim %= len(out)
+    for x in inputs:
+        for d in range(len(ctx.shape(x))):
+            ctx.same(ctx.t(x, d), ctx.t(ctx.node, d if d < dim else d + 1))
+
+
+def _spatial(ctx: "RuleContext", x: Any) -> None:
+    ctx.same(ctx.t(x, 0), ctx.t(ctx.node, 0))
+
+
+def pixel_shuffle(ctx: "RuleContext", r: Any = None) -> None:
+    """(B, C*r*r, H, W) -> (B, C, H*r, W*r): output channel c is input channels [c*r*r, (c+1)*r*r)."""
+    x = ctx.tensor_inputs()[0]
+    r = _arg(ctx.node, 1, "upscale_factor") if r is None else r
+    if not isinstance(r, int):
+        return
+    _spatial(ctx, x)
+    ctx.couple(ctx.t(ctx.node, 1), ctx.t(x, 1), IndexMap.block(ctx.out_shape()[1], r * r, "pixel-shuffle"))
+
+
+def pixel_unshuffle(ctx: "RuleContext", r: Any = None) -> None:
+    """(B, C, H, W) -> (B, C*r*r, H/r, W/r): input channel c becomes output channels [c*r*r, (c+1)*r*r)."""
+    x = ctx.tensor_inputs()[0]
+    r = _arg(ctx.node, 1, "downscale_factor") if r is None else r
+    if not isinstance(r, int):
+        return
+    _spatial(ctx, x)
+    ctx.couple(ctx.t(x, 1), ctx.t(ctx.node, 1), IndexMap.block(ctx.shape(x)[1], r * r, "pixel-unshuffle"))
+
+
+def channel_shuffle(ctx: "RuleContext", groups: Any = None) -> None:
+    """F.channel_shuffle(x, g): input channel c = i * (C/g) + j (group i, slot j) lands at output
+    j * g + i. The group count is fixed, so slot j goes from every group at once (c ~ c % (C/g))."""
+    x = ctx.tensor_inputs()[0]
+    g = _arg(ctx.node, 1, "groups") if groups is None else groups
+    s = ctx.shape(x)
+    if not isinstance(g, int) or s[1] % g:
+        return
+    for d in range(len(s)):
+        if d != 1:
+            ctx.same(ctx.t(x, d), ctx.t(ctx.node, d))
+    cpg = s[1] // g
+    c = np.arange(s[1])
+    xin = ctx.t(x, 1)
+    ctx.couple(xin, xin, IndexMap.modulo(s[1], cpg, "shuffle slot"))
+    ctx.couple(xin, ctx.t(ctx.node, 1), IndexMap("channel-shuffle", c, (c % cpg) * g + c // cpg))
+
+
+def constant(ctx: "RuleContext") -> None:
+    """A tensor the forward used but did not compute (a cached grid): its dims stay as they are."""
 
 
 def getitem(ctx: "RuleContext") -> None:
@@ -289,18 +449,49 @@ def getitem(ctx: "RuleContext") -> None:
                     ctx.unused_input(ref)
         return
     items = index if isinstance(index, tuple) else (index,)
-    if not all(isinstance(i, slice) or i is Ellipsis for i in items) or list(items).count(Ellipsis) > 1:
-        return  # integer / tensor / None indexing: fixed
+    ok = all(isinstance(i, (slice, int)) or i is Ellipsis or i is None for i in items)
+    if not ok or list(items).count(Ellipsis) > 1:
+        return  # tensor (advanced) indexing: fixed
     s = ctx.shape(src)
+    used = sum(1 for i in items if i is not None and i is not Ellipsis)
     if Ellipsis in items:
         e = items.index(Ellipsis)
-        items = items[:e] + (slice(None),) * (len(s) - len(items) + 1) + items[e + 1:]
-    items = items + (slice(None),) * (len(s) - len(items))
-    for d, it in enumerate(items):
-        if it == slice(None):
-            ctx.same(ctx.t(src, d), ctx.t(ctx.node, d))
-        else:
+        items = items[:e] + (slice(None),) * (len(s) - used) + items[e + 1:]
+    items = items + (slice(None),) * (len(s) - sum(1 for i in items if i is not None))
+    j = 0  # output dim
+    d = 0  # input dim
+    for it in items:
+        if it is None:  # a new size-1 dim
+            j += 1
+            continue
+        if isinstance(it, int):  # x[:, 0]: the dim is consumed, one element picked
+            ctx.fix(ctx.t(src, d), f"indexed by {ctx.op_name}")
+        elif it == slice(None):
+            ctx.same(ctx.t(src, d), ctx.t(ctx.node, j))
+            j += 1
+        else:  # a partial slice keeps hard positions: fixed
             ctx.fix(ctx.t(src, d), f"sliced by {ctx.op_name}", unsupported=True)
+            j += 1
+        d += 1
+
+
+def expand(ctx: "RuleContext") -> None:
+    """x.expand(*sizes): dims kept (-1, or computed at run time with the same size) pass through;
+    new leading dims and broadcast size-1 dims couple to nothing; a hard-coded size stays: fixed."""
+    x = ctx.tensor_inputs()[0]
+    node = ctx.node
+    rest = list(node.args[1:]) or [node.kwargs.get("size")]
+    sizes = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+    s, out = ctx.shape(x), ctx.out_shape()
+    off = len(out) - len(s)
+    for d in range(len(s)):
+        req = sizes[off + d] if off + d < len(sizes) else -1
+        if s[d] != out[off + d]:
+            continue  # broadcast from size 1
+        if size_kind(req) == "literal":
+            ctx.fix(ctx.t(x, d), f"hard-coded size {req} in {ctx.op_name}", unsupported=True)
+        else:
+            ctx.same(ctx.t(x, d), ctx.t(node, off + d))
 
 
 def layer_norm(ctx: "RuleContext") -> None:

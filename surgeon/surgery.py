@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from .errors import SurgeryError
-from .graph import iter_module_calls
+from .graph import iter_module_calls, layer_positions
 from .indexmap import Pos
-from .layers import LAYER_SPECS
+from .registry import layer_spec
 from .trace import Traced, trace_fx
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def _new_sizes(graph: "ChannelGraph", removed: dict[Pos, np.ndarray]) -> dict[Po
 
 def _shape_check(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs: Any) -> None:
     """Re-trace the pruned model and compare every activation's shape with the prediction."""
-    new = trace_fx(graph.model, inputs, graph.traced.leaf_modules)
+    new = trace_fx(graph.model, inputs, graph.traced.leaf_modules, method=graph.traced.method)
     shapes: dict[str, Any] = {n.name: n.meta.get("tensor_meta") for n in new.gm.graph.nodes}
     bad = []
     for pos in graph.nx.nodes:
@@ -104,6 +104,19 @@ def _shape_check(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs: 
         raise SurgeryError("pruned model computes tensors of unexpected shapes: " + "; ".join(bad[:5]))
 
 
+def _attribute_updates(graph: "ChannelGraph", removed: dict[Pos, np.ndarray]) -> dict[tuple[str, str], int]:
+    """Module int attributes the forward uses as sizes (``self.num_heads`` in a head split) and the
+    value each must take: the new size of the position it sizes. Two uses that disagree are an
+    error (raised before anything changes)."""
+    values: dict[tuple[str, str], int] = {}
+    for qual, name, pos in graph.nx.graph.get("attr_syncs", []):
+        new = graph.size(pos) - len(removed.get(pos, ()))
+        if values.setdefault((qual, name), new) != new:
+            raise SurgeryError(f"{qual}.{name} sizes two tensors that would shrink differently "
+                               f"({values[(qual, name)]} vs {new}); nothing was changed")
+    return values
+
+
 def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs: Any,
                   extra_check: Callable[[], None] | None = None) -> None:
     """Physically remove ``removed`` (position -> sorted indices) from ``graph.model``, atomically.
@@ -122,9 +135,7 @@ def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs:
     touched_layers = []
     for node, qn, m, entry in calls:
         spec = entry.layer
-        x = node.args[0]
-        pin = Pos("t", x.name, spec.in_dim % len(x.meta["tensor_meta"].shape))
-        pout = Pos("t", node.name, spec.out_dim % len(node.meta["tensor_meta"].shape))
+        pin, pout = layer_positions(node, spec.in_dim, spec.out_dim)
         if pin in new_sizes or pout in new_sizes:
             touched_layers.append((m, spec, new_sizes.get(pin, graph.size(pin)),
                                    new_sizes.get(pout, graph.size(pout))))
@@ -135,12 +146,16 @@ def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs:
     for path, dims in cuts.items():
         owner_name = path.rpartition(".")[0]
         owner = model.get_submodule(owner_name) if owner_name else model
-        spec = next((LAYER_SPECS[t] for t in type(owner).__mro__ if t in LAYER_SPECS), None)
+        spec = layer_spec(owner)
         if spec is not None and id(owner) not in called:
             n = graph.size(Pos("p", path, dims[0][0])) - len(dims[0][1])
             touched_layers.append((owner, spec, n, n))
             called.add(id(owner))
     for m, *_ in touched_layers:
+        owners[id(m)] = m
+    attr_values = _attribute_updates(graph, removed)
+    for (qual, _), _v in attr_values.items():
+        m = model.get_submodule(qual) if qual else model
         owners[id(m)] = m
     snap = Snapshot(list(owners.values()))
     try:
@@ -165,6 +180,8 @@ def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs:
             if id(m) not in synced:  # a layer called twice is synced once
                 spec.sync(m, n_in, n_out)
                 synced.add(id(m))
+        for (qual, name), value in attr_values.items():
+            object.__setattr__(model.get_submodule(qual) if qual else model, name, value)
         bad = check_layers(model, graph.traced)
         if bad:
             raise SurgeryError("layer attributes disagree with their tensors after surgery: " + "; ".join(bad[:5]))

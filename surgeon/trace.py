@@ -6,9 +6,12 @@ We need two things from the user's model before we can reason about channels: th
 """
 from __future__ import annotations
 
+import os
 import traceback
-from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 import torch.fx as fx
@@ -17,25 +20,85 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
-from .errors import TraceFailure
+from .errors import TraceFailure, ValueDependentWarning
 
-__all__ = ["Traced", "trace_fx", "as_input_tuple"]
+__all__ = ["Traced", "trace_fx", "as_input_tuple", "as_example_inputs", "ExampleInputs", "eval_mode",
+           "TRACERS"]
+
+
+@dataclass(frozen=True)
+class ExampleInputs:
+    """The example inputs as the model takes them: positional ``args`` and keyword ``kwargs``
+    (``input_ids=..., attention_mask=...``). Non-tensor values are passed through as they are."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def call(self, model: nn.Module) -> Any:
+        return model(*self.args, **self.kwargs)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in list(self.args) + list(self.kwargs.values()) if isinstance(t, torch.Tensor)]
+
+    def describe(self) -> str:
+        """``of shape (1, 3, 224, 224)``, or the keyword names with their shapes."""
+        parts = [str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__ for t in self.args]
+        parts += [f"{k}={tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}"
+                  for k, v in self.kwargs.items()]
+        return ", ".join(parts)
+
+
+def as_example_inputs(example_inputs: Any) -> ExampleInputs:
+    """Normalise ``example_inputs``: a Tensor, a tuple / list of positional inputs, or a dict of
+    keyword inputs. The one place that checks them, so every entry point reports the same error."""
+    if isinstance(example_inputs, ExampleInputs):
+        return example_inputs
+    if isinstance(example_inputs, torch.Tensor):
+        return ExampleInputs((example_inputs,), {})
+    if isinstance(example_inputs, dict):
+        bad = [k for k in example_inputs if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"keyword example_inputs need str keys (argument names of forward), got {bad[0]!r}")
+        ex = ExampleInputs((), dict(example_inputs))
+    elif isinstance(example_inputs, (tuple, list)):
+        ex = ExampleInputs(tuple(example_inputs), {})
+    else:
+        raise TypeError("example_inputs must be a torch.Tensor, a tuple of positional inputs or a dict "
+                        f"of keyword inputs, got {type(example_inputs).__name__}; pass e.g. "
+                        "torch.randn(1, 3, 224, 224) or {'input_ids': ids, 'attention_mask': mask}")
+    if not ex.tensors():
+        first = next(iter(ex.kwargs.values())) if ex.kwargs else ex.args[0] if ex.args else None
+        where = "example_inputs" if ex.kwargs else "example_inputs[0]"
+        if first is None and not ex.kwargs and not ex.args:
+            raise ValueError("example_inputs is empty: the model needs at least one input tensor")
+        raise TypeError(f"{where} must be a torch.Tensor, got {type(first).__name__}: the model needs "
+                        "at least one input tensor, e.g. torch.randn(1, 3, 224, 224)")
+    return ex
 
 
 def as_input_tuple(example_inputs: Any) -> tuple[torch.Tensor, ...]:
-    """Normalise ``example_inputs`` (a Tensor or a tuple/list of Tensors) to a tuple; the one place
-    that checks them, so every entry point reports the same clear error."""
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if not isinstance(example_inputs, (tuple, list)):
-        raise TypeError("example_inputs must be a torch.Tensor or a tuple of tensors, got "
-                        f"{type(example_inputs).__name__}; pass e.g. torch.randn(1, 3, 224, 224)")
-    if not example_inputs:
-        raise ValueError("example_inputs is empty: the model needs at least one input tensor")
-    for i, t in enumerate(example_inputs):
+    """Positional tensor inputs only (what the ONNX exporters and the MAC counter's fallback take)."""
+    if isinstance(example_inputs, dict):
+        raise TypeError("this step takes positional tensor inputs; keyword example_inputs (a dict) "
+                        "are supported by trace / plan / prune / verify")
+    ex = as_example_inputs(example_inputs)
+    for i, t in enumerate(ex.args):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"example_inputs[{i}] must be a torch.Tensor, got {type(t).__name__}")
-    return tuple(example_inputs)
+    return tuple(ex.args)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode; afterwards every module gets back its *own* flag (a model in
+    train mode with one frozen BatchNorm in eval keeps it that way)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 class _Tracer(fx.Tracer):
@@ -45,6 +108,18 @@ class _Tracer(fx.Tracer):
         super().__init__()
         self._leaf_types = leaf_types
         self._leaf_names = leaf_names
+        self._attr_nodes: dict[Any, fx.Node] = {}
+
+    def create_arg(self, a: Any) -> Any:
+        """A module's int attribute (``self.num_heads``, see ``record.attribute_ints``) becomes an
+        ``attribute_int`` node, so rules can tell it from a literal."""
+        from .record import SizeInt, make_attr_node
+        if isinstance(a, SizeInt) and a.kind == "attr":
+            node = self._attr_nodes.get(a.attr)
+            if node is None:
+                node = self._attr_nodes[a.attr] = make_attr_node(self.graph, a)
+            return node
+        return super().create_arg(a)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self._leaf_names or (self._leaf_types and isinstance(m, self._leaf_types)):
@@ -57,9 +132,10 @@ class Traced:
     """A traced model: the fx graph module plus the shapes every node produced."""
 
     model: nn.Module
-    gm: fx.GraphModule
-    inputs: tuple[torch.Tensor, ...]
+    gm: Any  # fx.GraphModule (symbolic trace) or RecordedGraph (concrete trace): both have .graph
+    inputs: Any  # the example inputs as the user gave them (Tensor, tuple or dict)
     leaf_modules: tuple[Any, ...] = ()  # re-used when the pruned model is traced again
+    method: str = "fx"  # which tracer produced the graph: "fx" (symbolic) or "concrete"
 
     @property
     def nodes(self) -> list[fx.Node]:
@@ -88,9 +164,10 @@ class _ShapeRecorder(fx.Interpreter):
     instead of 0.03 s). Module parameters are swapped for meta copies only for the call.
     """
 
-    def __init__(self, gm: fx.GraphModule, meta: bool = False) -> None:
+    def __init__(self, gm: fx.GraphModule, model: nn.Module, meta: bool = False) -> None:
         super().__init__(gm)
         self.on_meta = meta
+        self.model = model
 
     def run(self, *args: Any) -> Any:  # type: ignore[override]
         if self.on_meta:
@@ -129,6 +206,9 @@ class _ShapeRecorder(fx.Interpreter):
                 table[k] = v
 
     def run_node(self, n: fx.Node) -> Any:
+        if "attr" in n.meta:  # a module's int attribute (record.attribute_int): read it now
+            qual, name = n.meta["attr"]
+            return int(getattr(self.model.get_submodule(qual) if qual else self.model, name))
         result = super().run_node(n)
         found = False
 
@@ -145,13 +225,34 @@ class _ShapeRecorder(fx.Interpreter):
         return result
 
 
+_SURGEON_DIR = os.path.dirname(os.path.abspath(__file__))
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+
+
 def _user_frame(exc: BaseException) -> str:
-    """The innermost frame of the traceback outside torch: where the user's code failed."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/torch/" not in f.filename]
+    """The innermost frame of the traceback outside torch and surgeon: where the user's code failed."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not (f.filename.startswith(_TORCH_DIR) or f.filename.startswith(_SURGEON_DIR))]
     if not frames:
         return ""
     f = frames[-1]
-    return f" at {f.filename}:{f.lineno} ({f.line!s})"
+    return f" at {f.filename}:{f.lineno} ({(f.line or '').strip()})"
+
+
+class RecordedGraph:
+    """What surgeon reads of a GraphModule, for a graph recorded by the concrete tracer (which is
+    a record of one run, not a program to re-run): the graph, and the model's submodules and
+    tensors by qualified name."""
+
+    def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
+        self.graph = graph
+        self._model = model
+
+    def get_submodule(self, target: str) -> nn.Module:
+        return self._model.get_submodule(target)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 def _resolve_leaves(model: nn.Module, leaf_modules: Iterable[Any]) -> tuple[tuple[type, ...], set[str]]:
@@ -187,43 +288,119 @@ def _refuse_masked(model: nn.Module) -> None:
                              "with torch.nn.utils.parametrize.remove_parametrizations(module, name)")
 
 
-def trace_fx(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = ()) -> Traced:
-    """Symbolically trace ``model`` and propagate shapes from ``example_inputs``.
+TRACERS = ("auto", "fx", "concrete")
 
-    Raises TraceFailure naming the failing code and what to do about it.
+
+class _SymbolicTraceError(RuntimeError):
+    """fx's symbolic tracer (not the shape propagation that follows) failed."""
+
+
+def _is_default_leaf(m: nn.Module, qualname: str) -> bool:
+    return fx.Tracer().is_leaf_module(m, qualname)
+
+
+def _trace_symbolic(model: nn.Module, ex: ExampleInputs, leaf_types: tuple[type, ...],
+                    leaf_names: set[str]) -> fx.GraphModule:
+    from .record import attribute_ints
+    tracer = _Tracer(leaf_types, leaf_names)
+    try:
+        with attribute_ints(model):
+            graph = tracer.trace(model)
+    except Exception as e:
+        raise _SymbolicTraceError(str(e)) from e
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    # Shapes on the meta device, unless a leaf is a module surgeon does not know: its forward may
+    # cache tensors (YOLO's anchors) that must never end up on the meta device.
+    from .registry import lookup
+    on_meta = True
+    for node in graph.nodes:
+        if node.op == "call_module":
+            m = gm.get_submodule(str(node.target))
+            if lookup("call_module", node.target, m) is None:
+                on_meta = False
+                break
+    with torch.no_grad():
+        if on_meta:
+            try:
+                _ShapeRecorder(gm, model, meta=True).run(*ex.args)
+                return gm
+            except Exception:  # an op without a meta kernel, or data-dependent code in a leaf
+                pass
+        _ShapeRecorder(gm, model, meta=False).run(*ex.args)
+    return gm
+
+
+def _trace_concrete(model: nn.Module, ex: ExampleInputs, leaf_types: tuple[type, ...],
+                    leaf_names: set[str]) -> RecordedGraph:
+    from .record import RecordFailure, record
+    from .registry import lookup
+
+    def is_leaf(m: nn.Module, qualname: str) -> bool:
+        if qualname in leaf_names or (leaf_types and isinstance(m, leaf_types)):
+            return True
+        entry = lookup("call_module", qualname, m)
+        return entry is not None
+
+    try:
+        with torch.no_grad():
+            graph, value_reads = record(model, ex.args, ex.kwargs, is_leaf)
+    except RecordFailure as e:
+        where = f" at {e.where}" if e.where else ""
+        raise TraceFailure(
+            f"running {type(model).__name__} on example inputs of shape {ex.describe()} failed{where}: {e}. "
+            "Pass example inputs with the shape (and dtype, argument names) the model expects, "
+            "batch first, e.g. (1, 3, 224, 224)."
+        ) from e.__cause__
+    if value_reads:
+        warnings.warn(
+            f"{type(model).__name__}'s forward reads tensor values at {', '.join(value_reads[:3])} "
+            "(e.g. `if x.sum() > 0`): the recorded graph is the path these example inputs took. "
+            "Branches other inputs take are not checked; pass inputs that exercise the usual path.",
+            ValueDependentWarning, stacklevel=4)
+    return RecordedGraph(model, graph)
+
+
+def trace_fx(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = (),
+             method: str = "auto") -> Traced:
+    """Trace ``model`` and record the shape of every intermediate tensor.
+
+    method: "fx" traces symbolically (fast; fails on Python that depends on values), "concrete"
+    runs the model's real forward on the example inputs and records what ran (see record.py),
+    "auto" (default) tries fx first and falls back to concrete when fx cannot trace the model or
+    the inputs are keyword arguments. The model is left exactly as it was (modes, attributes).
+    Raises TraceFailure naming the failing code (in the user's model) and what to do about it.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inputs = as_input_tuple(example_inputs)
+    if method not in TRACERS:
+        raise ValueError(f"tracer must be one of {TRACERS}, got {method!r}")
+    ex = as_example_inputs(example_inputs)
     _refuse_masked(model)
     leaf_types, leaf_names = _resolve_leaves(model, leaf_modules)
-    tracer = _Tracer(leaf_types, leaf_names)
-    try:
-        graph = tracer.trace(model)
-    except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError...
-        raise TraceFailure(
-            f"torch.fx could not trace {type(model).__name__}{_user_frame(e)}: {type(e).__name__}: {e}. "
-            "This usually means data-dependent Python control flow (if/for on tensor values or shapes) "
-            "in a forward(). Mark the submodule that contains it as a leaf, e.g. "
-            "surgeon.trace(model, x, leaf_modules=[model.block]) (its channels are then frozen), "
-            "or rewrite the branch with tensor ops."
-        ) from e
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
+    symbolic_ok = not ex.kwargs and all(isinstance(a, torch.Tensor) for a in ex.args)
+    fx_error: BaseException | None = None
+    with eval_mode(model):
+        if method == "fx" or (method == "auto" and symbolic_ok):
             try:
-                _ShapeRecorder(gm, meta=True).run(*inputs)
-            except Exception:  # an op without a meta kernel, or data-dependent code in a leaf
-                _ShapeRecorder(gm, meta=False).run(*inputs)
-    except Exception as e:
-        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
-        raise TraceFailure(
-            f"running {type(model).__name__} on example inputs of shape {shapes} failed "
-            f"({type(e).__name__}: {e}). Pass example inputs with the shape the model expects "
-            "(batch first, e.g. (1, 3, 224, 224))."
-        ) from e
-    finally:
-        model.train(was_training)
-    return Traced(model=model, gm=gm, inputs=inputs, leaf_modules=tuple(leaf_modules))
+                gm = _trace_symbolic(model, ex, leaf_types, leaf_names)
+                return Traced(model=model, gm=gm, inputs=example_inputs,
+                              leaf_modules=tuple(leaf_modules), method="fx")
+            except Exception as e:  # fx raises TraceError, TypeError, NotImplementedError...
+                if isinstance(e, _SymbolicTraceError):
+                    e = e.__cause__ or e
+                    fx_error = e
+                if method == "fx":
+                    raise TraceFailure(
+                        f"torch.fx could not trace {type(model).__name__}{_user_frame(e)}: "
+                        f"{type(e).__name__}: {e}. Use tracer='concrete' (runs the real forward), or "
+                        "mark the submodule that contains it as a leaf (its channels are then frozen)."
+                    ) from e
+        try:
+            rg = _trace_concrete(model, ex, leaf_types, leaf_names)
+        except TraceFailure as e:
+            if fx_error is not None:
+                e.args = (f"{e.args[0]} (torch.fx had failed first{_user_frame(fx_error)}: "
+                          f"{type(fx_error).__name__}: {fx_error})",)
+            raise
+    return Traced(model=model, gm=rg, inputs=example_inputs, leaf_modules=tuple(leaf_modules),
+                  method="concrete")

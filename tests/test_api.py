@@ -101,7 +101,7 @@ def test_example_inputs_must_be_tensors(tiny):
         surgeon.plan(tiny, [1, 2, 3])
 
 
-def test_untraceable_model_names_the_code_and_the_fix():
+def test_value_dependent_branch_is_traced_concretely_with_a_warning():
     class Branchy(nn.Module):
         def __init__(self):
             super().__init__()
@@ -114,9 +114,12 @@ def test_untraceable_model_names_the_code_and_the_fix():
 
     m = Branchy()
     saved = state(m)
-    with pytest.raises(TraceFailure, match=r"could not trace Branchy at .*test_api.py.*leaf_modules"):
-        surgeon.plan(m, X)
+    with pytest.warns(surgeon.ValueDependentWarning, match=r"Branchy's forward reads tensor values at .*test_api.py"):
+        graph = surgeon.trace(m, X)
+    assert graph.traced.method == "concrete"
     assert same_state(m, saved)
+    with pytest.raises(TraceFailure, match=r"could not trace Branchy at .*test_api.py.*tracer='concrete'"):
+        surgeon.trace(m, X, tracer="fx")
 
 
 def test_leaf_module_freezes_its_channels():

@@ -1,0 +1,124 @@
+"""Channel rules for functional calls that use a module's own tensors: ``F.conv2d(x, self.weight)``,
+``F.linear``, ``F.batch_norm`` (timm's ``BatchNormAct2d`` and every BatchNorm subclass with its own
+forward), ``F.instance_norm``, ``F.group_norm``, ``F.embedding``.
+
+The weights arrive as ``get_attr`` nodes, whose positions the graph builder ties to the parameter
+positions, so the surgery slices them like any weight and re-syncs the owning module's size
+attributes through its layer spec (found by the owner's class). What a functional call takes as a
+plain number (``groups``, ``num_groups``) must then still be right after the cut: these rules only
+couple when it is the owner's own attribute (which the surgery updates), and fix the channels
+otherwise.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch.fx as fx
+from torch import nn
+
+from .indexmap import IndexMap
+from .rules import int_value
+
+if TYPE_CHECKING:
+    from .graph import RuleContext
+
+__all__ = ["conv", "linear", "batch_norm", "group_norm", "embedding"]
+
+
+def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _tensor(ctx: "RuleContext", v: Any) -> Any:
+    """``v`` if it is a tensor node of this graph, else None."""
+    return v if isinstance(v, fx.Node) and v.meta.get("tensor_meta") is not None else None
+
+
+def _pass_through(ctx: "RuleContext", x: fx.Node, skip: int | None = None) -> None:
+    n = len(ctx.shape(x))
+    for d in range(n):
+        if skip is None or d != skip % n:
+            ctx.same(ctx.t(x, d), ctx.t(ctx.node, d))
+
+
+def conv(ctx: "RuleContext") -> None:
+    """F.conv1d/2d/3d(x, weight, bias, stride, padding, dilation, groups). groups=1 only: a grouped
+    call with a literal ``groups`` would keep the old group count after a cut."""
+    node = ctx.node
+    x, w, b = node.args[0], _tensor(ctx, _arg(node, 1, "weight")), _tensor(ctx, _arg(node, 2, "bias"))
+    if w is None:
+        return
+    ctx.same(ctx.t(x, 0), ctx.t(node, 0))
+    groups = int_value(_arg(node, 6, "groups", 1))
+    out = ctx.t(node, 1)
+    ctx.same(out, ctx.t(w, 0))
+    if b is not None:
+        ctx.same(out, ctx.t(b, 0))
+    if groups == 1:
+        ctx.same(ctx.t(x, 1), ctx.t(w, 1))
+    else:
+        ctx.fix(ctx.t(x, 1), f"grouped {ctx.op_name} (groups={groups}) called functionally", unsupported=True)
+
+
+def linear(ctx: "RuleContext") -> None:
+    """F.linear(x, weight, bias): x[..., in] @ weight[out, in].T + bias[out]."""
+    node = ctx.node
+    x, w, b = node.args[0], _tensor(ctx, _arg(node, 1, "weight")), _tensor(ctx, _arg(node, 2, "bias"))
+    if w is None:
+        return
+    _pass_through(ctx, x, skip=-1)
+    ctx.same(ctx.t(x, -1), ctx.t(w, 1))
+    ctx.same(ctx.t(node, -1), ctx.t(w, 0))
+    if b is not None:
+        ctx.same(ctx.t(node, -1), ctx.t(b, 0))
+
+
+def batch_norm(ctx: "RuleContext") -> None:
+    """F.batch_norm / F.instance_norm(x, running_mean, running_var, weight, bias, ...): one entry of
+    each tensor per channel (dim 1); statistics are per channel, so a cut is exact."""
+    node = ctx.node
+    x = node.args[0]
+    _pass_through(ctx, x)
+    for i, name in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
+        t = _tensor(ctx, _arg(node, i, name))
+        if t is not None:
+            ctx.same(ctx.t(x, 1), ctx.t(t, 0))
+
+
+def group_norm(ctx: "RuleContext") -> None:
+    """F.group_norm(x, num_groups, weight, bias): each group is normalised on its own, so removing
+    whole groups is exact. ``num_groups`` must be the owning GroupNorm's attribute (the surgery
+    updates it); otherwise the channels stay."""
+    node = ctx.node
+    x = node.args[0]
+    _pass_through(ctx, x)
+    num_groups = _arg(node, 1, "num_groups")
+    w, b = _tensor(ctx, _arg(node, 2, "weight")), _tensor(ctx, _arg(node, 3, "bias"))
+    owner = ctx.owner_of(w) if w is not None else None
+    num_groups = int_value(num_groups)
+    if not (isinstance(owner, nn.GroupNorm) and num_groups == owner.num_groups):
+        ctx.fix(ctx.t(x, 1), f"{ctx.op_name} with a group count the surgery cannot update", unsupported=True)
+        return
+    c = ctx.t(x, 1)
+    n = ctx.shape(x)[1]
+    cpg = n // num_groups
+    a = np.arange(n)
+    ctx.couple(c, c, IndexMap("group-norm groups", a, a - a % cpg))
+    for t in (w, b):
+        if t is not None:
+            ctx.same(c, ctx.t(t, 0))
+
+
+def embedding(ctx: "RuleContext") -> None:
+    """F.embedding(indices, weight): output[..., e] = weight[index, e]; the indices are not channels."""
+    node = ctx.node
+    idx, w = node.args[0], _tensor(ctx, _arg(node, 1, "weight"))
+    if w is None:
+        return
+    n = len(ctx.shape(idx))
+    for d in range(n):
+        ctx.same(ctx.t(idx, d), ctx.t(node, d))
+    ctx.same(ctx.t(node, -1), ctx.t(w, 1))
