@@ -19,6 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from .indexmap import IndexMap
+from .rules import call_arg, int_value
 
 if TYPE_CHECKING:
     from .graph import RuleContext
@@ -26,10 +27,6 @@ if TYPE_CHECKING:
 __all__ = ["sdpa", "matmul", "MHA_SPEC"]
 
 
-def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
 
 
 def _batch_dims(ctx: "RuleContext", refs: list[Any], out_nd: int, tail: int) -> None:
@@ -49,10 +46,10 @@ def sdpa(ctx: "RuleContext") -> None:
     (.., L, Ev). Heads and batch pass through (the mask's too, so a per-head mask keeps up), the
     query length maps to the output's, v's feature dim to the output's; E is summed over: fixed."""
     node = ctx.node
-    q, k, v = node.args[0], _arg(node, 1, "key"), _arg(node, 2, "value")
-    if _arg(node, 7, "enable_gqa", False):
+    q, k, v = node.args[0], call_arg(node, 1, "key"), call_arg(node, 2, "value")
+    if call_arg(node, 7, "enable_gqa", False):
         return
-    mask = _arg(node, 3, "attn_mask")
+    mask = call_arg(node, 3, "attn_mask")
     out_nd = len(ctx.out_shape())
     refs = [q, k, v] + ([mask] if isinstance(mask, fx.Node) else [])
     _batch_dims(ctx, refs, out_nd, 2)
@@ -67,7 +64,7 @@ def matmul(ctx: "RuleContext") -> None:
     """a (.., n, k) @ b (.., k, m) -> (.., n, m): batch dims broadcast, n and m pass through, k is
     summed over (fixed). 1-d operands are left alone (fixed)."""
     node = ctx.node
-    a, b = node.args[0], node.args[1] if len(node.args) > 1 else _arg(node, 1, "other")
+    a, b = node.args[0], node.args[1] if len(node.args) > 1 else call_arg(node, 1, "other")
     if not (isinstance(a, fx.Node) and isinstance(b, fx.Node)):
         return
     if len(ctx.shape(a)) < 2 or len(ctx.shape(b)) < 2:

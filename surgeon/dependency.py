@@ -34,6 +34,7 @@ class ChannelGraph:
     nx: nx.DiGraph
     groups: list[Group]
     warnings: list[str] = field(default_factory=list)
+    keep_outputs: tuple[int, ...] | None = None  # outputs whose shapes stay (None: all)
 
     @property
     def model(self) -> nn.Module:
@@ -61,7 +62,8 @@ class ChannelGraph:
 
 
 def trace(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = (),
-          warn: bool = True, tracer: str = "auto") -> ChannelGraph:
+          warn: bool = True, tracer: str = "auto", keep_outputs: Sequence[int] | None = None
+          ) -> ChannelGraph:
     """Trace ``model`` with torch.fx and build its channel-dependency graph.
 
     ``example_inputs`` is a Tensor or a tuple of Tensors of the shape the model expects.
@@ -73,9 +75,12 @@ def trace(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = (
     ``tracer``: "fx" traces symbolically; "concrete" runs the model's real forward and records every
     torch call (works on shape checks, loops over chunks, ``*args/**kwargs``, dataclass outputs);
     "auto" (default) tries fx and falls back to concrete. ``graph.traced.method`` says which ran.
+    ``keep_outputs``: indices of the model's output tensors (flattened: tuples, lists, dict values,
+    dataclass fields, in order) whose shapes must stay; default all. E.g. ``[0]`` for a detector
+    whose extra outputs are features kept only for a training loss.
     """
     traced = trace_fx(model, example_inputs, leaf_modules, method=tracer)
-    g = build_graph(traced)
+    g = build_graph(traced, keep_outputs)
     groups = find_groups(g)
     notes = []
     for gr in groups:
@@ -84,4 +89,4 @@ def trace(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = (
     if warn:
         for note in notes:
             warnings.warn(note, FrozenGroupWarning, stacklevel=2)
-    return ChannelGraph(traced, g, groups, notes)
+    return ChannelGraph(traced, g, groups, notes, None if keep_outputs is None else tuple(keep_outputs))

@@ -45,6 +45,7 @@ staging folder next to ``path`` and only moved into place once verified.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -142,7 +143,36 @@ def _flatten_tensors(obj: Any) -> list[torch.Tensor]:
         return [t for item in obj for t in _flatten_tensors(item)]
     if isinstance(obj, Mapping):
         return [t for item in obj.values() for t in _flatten_tensors(item)]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [t for f in dataclasses.fields(obj) for t in _flatten_tensors(getattr(obj, f.name))]
     return []
+
+
+class _Positional(nn.Module):
+    """Exports a model called with keyword inputs (``model(input_ids=..., attention_mask=...)``)
+    or returning a dataclass (Hugging Face ``ModelOutput``): positional tensors in, the output's
+    tensors out as a flat tuple, in ``flatten_tensors`` order. The ONNX inputs are in ``names``
+    order."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = list(names)
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from .record import flatten_tensors
+        out = self.model(**dict(zip(self.names, tensors))) if self.names else self.model(*tensors)
+        return tuple(flatten_tensors(out))
+
+
+def _positional(model: nn.Module, example_inputs: Any) -> tuple[nn.Module, Any]:
+    """(model, inputs) as the exporters take them: keyword inputs and dataclass outputs adapted."""
+    if isinstance(example_inputs, Mapping):
+        bad = [k for k, v in example_inputs.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise TypeError(f"keyword example input {bad[0]!r} must be a torch.Tensor to export it")
+        return _Positional(model, list(example_inputs)), tuple(example_inputs.values())
+    return model, example_inputs
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -260,6 +290,7 @@ def compare_onnx(
     abs difference and the tolerance.
     """
     _check_model(model)
+    model, example_inputs = _positional(model, example_inputs)
     inputs = _as_input_tuple(example_inputs, need_batch=False)
     session = onnx_session(path) if isinstance(path, (str, os.PathLike)) else path
     with _eval_mode(model):
@@ -568,6 +599,7 @@ def export_onnx(
     import onnx
 
     _check_model(model)
+    model, example_inputs = _positional(model, example_inputs)
     inputs = _as_input_tuple(example_inputs, need_batch=dynamic_batch)
     if exporter not in ("auto", *_EXPORTERS):
         raise ValueError(f"exporter must be 'auto', 'torchscript' or 'dynamo', got {exporter!r}")

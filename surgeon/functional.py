@@ -18,7 +18,7 @@ import torch.fx as fx
 from torch import nn
 
 from .indexmap import IndexMap
-from .rules import int_value
+from .rules import call_arg, int_value
 
 if TYPE_CHECKING:
     from .graph import RuleContext
@@ -26,10 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["conv", "linear", "batch_norm", "group_norm", "embedding"]
 
 
-def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
 
 
 def _tensor(ctx: "RuleContext", v: Any) -> Any:
@@ -48,11 +44,11 @@ def conv(ctx: "RuleContext") -> None:
     """F.conv1d/2d/3d(x, weight, bias, stride, padding, dilation, groups). groups=1 only: a grouped
     call with a literal ``groups`` would keep the old group count after a cut."""
     node = ctx.node
-    x, w, b = node.args[0], _tensor(ctx, _arg(node, 1, "weight")), _tensor(ctx, _arg(node, 2, "bias"))
+    x, w, b = node.args[0], _tensor(ctx, call_arg(node, 1, "weight")), _tensor(ctx, call_arg(node, 2, "bias"))
     if w is None:
         return
     ctx.same(ctx.t(x, 0), ctx.t(node, 0))
-    groups = int_value(_arg(node, 6, "groups", 1))
+    groups = int_value(call_arg(node, 6, "groups", 1))
     out = ctx.t(node, 1)
     ctx.same(out, ctx.t(w, 0))
     if b is not None:
@@ -66,7 +62,7 @@ def conv(ctx: "RuleContext") -> None:
 def linear(ctx: "RuleContext") -> None:
     """F.linear(x, weight, bias): x[..., in] @ weight[out, in].T + bias[out]."""
     node = ctx.node
-    x, w, b = node.args[0], _tensor(ctx, _arg(node, 1, "weight")), _tensor(ctx, _arg(node, 2, "bias"))
+    x, w, b = node.args[0], _tensor(ctx, call_arg(node, 1, "weight")), _tensor(ctx, call_arg(node, 2, "bias"))
     if w is None:
         return
     _pass_through(ctx, x, skip=-1)
@@ -83,7 +79,7 @@ def batch_norm(ctx: "RuleContext") -> None:
     x = node.args[0]
     _pass_through(ctx, x)
     for i, name in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
-        t = _tensor(ctx, _arg(node, i, name))
+        t = _tensor(ctx, call_arg(node, i, name))
         if t is not None:
             ctx.same(ctx.t(x, 1), ctx.t(t, 0))
 
@@ -95,8 +91,8 @@ def group_norm(ctx: "RuleContext") -> None:
     node = ctx.node
     x = node.args[0]
     _pass_through(ctx, x)
-    num_groups = _arg(node, 1, "num_groups")
-    w, b = _tensor(ctx, _arg(node, 2, "weight")), _tensor(ctx, _arg(node, 3, "bias"))
+    num_groups = call_arg(node, 1, "num_groups")
+    w, b = _tensor(ctx, call_arg(node, 2, "weight")), _tensor(ctx, call_arg(node, 3, "bias"))
     owner = ctx.owner_of(w) if w is not None else None
     num_groups = int_value(num_groups)
     if not (isinstance(owner, nn.GroupNorm) and num_groups == owner.num_groups):
@@ -115,7 +111,7 @@ def group_norm(ctx: "RuleContext") -> None:
 def embedding(ctx: "RuleContext") -> None:
     """F.embedding(indices, weight): output[..., e] = weight[index, e]; the indices are not channels."""
     node = ctx.node
-    idx, w = node.args[0], _tensor(ctx, _arg(node, 1, "weight"))
+    idx, w = node.args[0], _tensor(ctx, call_arg(node, 1, "weight"))
     if w is None:
         return
     n = len(ctx.shape(idx))

@@ -8,7 +8,7 @@ fixed here, centrally, so an op we do not understand can only freeze channels, n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Sequence, Union
 
 import networkx as nx
 import numpy as np
@@ -19,7 +19,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from .indexmap import IndexMap, Pos
 from .registry import OpEntry, lookup
-from .trace import Traced
+from .trace import Traced, node_source
 
 __all__ = ["Fixed", "RuleContext", "build_graph", "op_label", "param_paths", "layer_positions"]
 
@@ -156,7 +156,7 @@ class RuleContext:
     @property
     def source(self) -> str:
         """The user's source line that made this node ("file:line"), when the tracer knows it."""
-        return self.node.meta.get("source", "")
+        return node_source(self.node)
 
     def sync_attr(self, size_arg: Any, pos: Pos) -> None:
         """``size_arg`` (an fx node of the concrete tracer) is a module's int attribute used as the
@@ -181,8 +181,9 @@ class RuleContext:
 
 
 class _Builder:
-    def __init__(self, traced: Traced) -> None:
+    def __init__(self, traced: Traced, keep_outputs: Sequence[int] | None = None) -> None:
         self.traced = traced
+        self.keep_outputs = keep_outputs
         self.g = nx.DiGraph()
         self.paths = param_paths(traced.model)
         self.modules = dict(traced.model.named_modules())
@@ -240,8 +241,15 @@ class _Builder:
                     for p in self.all_positions(ref):
                         self.fix(p, Fixed("model input", node.name))
             elif node.op == "output":
-                for ref in self.tensor_refs(list(node.args)):
-                    for p in self.all_positions(ref):
+                refs = self.tensor_refs(list(node.args))
+                keep = range(len(refs)) if self.keep_outputs is None else self.keep_outputs
+                bad = [i for i in keep if not -len(refs) <= i < len(refs)]
+                if bad:
+                    raise ValueError(f"keep_outputs lists output {bad[0]}, but the model returns "
+                                     f"{len(refs)} tensors (indices 0..{len(refs) - 1}, in the order "
+                                     "of a flattened output: tuples, lists, dict values, dataclass fields)")
+                for i in keep:
+                    for p in self.all_positions(refs[i]):
                         self.fix(p, Fixed("model output", node.name))
             elif node.op == "get_attr":
                 self._get_attr(node, root)
@@ -296,9 +304,10 @@ class _Builder:
                     self.fix(p, why)
 
 
-def build_graph(traced: Traced) -> nx.DiGraph:
-    """Build the position graph of a traced model (see module docstring)."""
-    return _Builder(traced).run()
+def build_graph(traced: Traced, keep_outputs: Sequence[int] | None = None) -> nx.DiGraph:
+    """Build the position graph of a traced model (see module docstring). ``keep_outputs``: indices
+    of the (flattened) model outputs whose shapes must not change; None: all of them."""
+    return _Builder(traced, keep_outputs).run()
 
 
 def layer_positions(node: fx.Node, in_dim: int, out_dim: int) -> tuple[Pos, Pos]:

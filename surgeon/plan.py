@@ -6,6 +6,7 @@ prediction in ``cost`` and iterative pruning in ``schedule``.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
@@ -16,13 +17,14 @@ from torch import nn
 from .cost import CostModel, Footprint, cost_model
 from .criteria import (Criterion, accumulate_gradients, bind_criterion, check_reduction, check_side,
                        get_criterion, is_input_side, member_filter, needs_data)
-from .dependency import ChannelGraph, trace
-from .errors import NothingToPrune
+from .dependency import ChannelGraph, FrozenGroupWarning, trace
+from .errors import NothingToPrune, SurgeryError
 from .graph import iter_module_calls, layer_positions
 from .groups import Group
 from .indexmap import Pos
 from .scope import SCOPES, Candidate, GroupCut, Request, TargetReport, select
-from .surgery import apply_removal, resolve_tensor
+from .surgery import ShapeMismatch, apply_removal, resolve_tensor
+from .trace import node_source
 
 __all__ = ["Plan", "GroupCut", "Baseline", "plan", "prune"]
 
@@ -133,6 +135,7 @@ class Plan:
         self.target = target
         self.before: Footprint | None = cost.before if cost else None
         self.after: Footprint | None = cost.footprint(removed_counts(cuts)) if cost else None
+        self._cost = cost
         self.applied = False
 
     @property
@@ -190,19 +193,60 @@ class Plan:
         Atomic: if any step or post-condition fails, the model is restored exactly and a
         SurgeryError is raised. ``verify=True`` also runs the surgical-equivalence oracle
         (needs a deep copy of the model; see ``surgeon.verify``).
+
+        The post-condition runs the pruned model's own forward on the example inputs. If a tensor
+        then has another size than planned (a size in the code that did not follow the cut), the
+        groups it belongs to are kept whole instead, with a ``FrozenGroupWarning`` naming the op
+        and its source line, and the rest of the plan is applied.
         """
         if self.applied:
             raise ValueError("this plan was already applied; make a new plan for the pruned model")
+        for _ in range(len(self.cuts) + 1):
+            try:
+                self._apply_once(verify)
+                break
+            except SurgeryError as e:
+                if not self._freeze_mismatched(e):
+                    raise
+        self.applied = True
+        return self.model
+
+    def _apply_once(self, verify: bool) -> None:
         check = None
         if verify:
             from .verify import assert_equivalent, zeroed_reference
             reference = zeroed_reference(self.model, self.removed())
 
             def check() -> None:  # runs inside the surgery's rollback scope
-                assert_equivalent(reference, self.model, self.graph.traced.inputs)
+                assert_equivalent(reference, self.model, self.graph.traced.inputs,
+                                  outputs=self.graph.keep_outputs)
         apply_removal(self.graph, self.removed_positions(), self.graph.traced.inputs, check)
-        self.applied = True
-        return self.model
+
+    def _freeze_mismatched(self, e: SurgeryError) -> bool:
+        """Drop the cuts of the groups whose tensors came out of the wrong size; False if none."""
+        cause = e.__cause__
+        if not isinstance(cause, ShapeMismatch):
+            return False
+        wrong = set(cause.positions)
+        nodes = {n.name: n for n in self.graph.traced.gm.graph.nodes}
+        dropped = [c for c in self.cuts if len(c.remove) and wrong & set(c.group.channel_of)]
+        if not dropped:
+            return False
+        def where(p: Pos) -> str:
+            name = p.ref.partition("#")[0]
+            source = node_source(nodes[name]) if name in nodes else None
+            return f"node {name}" + (f" ({source})" if source else "")
+
+        for c in dropped:
+            places = sorted({where(p) for p in wrong if p in c.group.channel_of})
+            warnings.warn(f"group {c.group.id} ({', '.join(c.group.layers[:3])}) is kept whole: after the "
+                          f"cut, the model's own forward computed another size at {'; '.join(places[:3])}",
+                          FrozenGroupWarning, stacklevel=4)
+            self.skipped[c.group.id] = "a size in the code did not follow the cut"
+        self.cuts = [c for c in self.cuts if c not in dropped]
+        if self._cost is not None:
+            self.after = self._cost.footprint(removed_counts(self.cuts))
+        return True
 
 
 def _request(ratio: Any, scope: Any, round_to: Any, max_layer_ratio: Any, target_macs: Any,
@@ -272,7 +316,8 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
          max_layer_ratio: float | None = None, ratios: Mapping[Any, float] | None = None,
          target_macs: float | None = None, target_params: float | None = None,
          data: Iterable[Any] | None = None, loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
-         baseline: Baseline | None = None, tracer: str = "auto") -> Plan:
+         baseline: Baseline | None = None, tracer: str = "auto",
+         keep_outputs: Sequence[int] | None = None) -> Plan:
     """Trace ``model``, score every prunable group and decide what to remove (nothing is changed).
 
     ratio: fraction of channels removed, in [0, 1): from each group (local scope) or from all
@@ -300,6 +345,8 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     baseline: the original model's sizes, set by iterative pruning (``prune(..., steps=k)``).
     tracer: "auto" (symbolic torch.fx, falling back to running the real forward when fx fails or
         inputs are keyword arguments), "fx" or "concrete" (see ``surgeon.trace``).
+    keep_outputs: indices of the model's (flattened) output tensors whose shapes must stay;
+        default all. Outputs left out may lose channels (a detector's auxiliary feature maps).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -312,7 +359,7 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
                          "target), ...] (a few batches) and loss_fn=(output, target) -> loss")
     ignored = set(_module_names(model, ignore or (), "ignore"))
     overrides = _check_ratios(model, ratios)
-    graph = trace(model, example_inputs, leaf_modules=leaf_modules, tracer=tracer)
+    graph = trace(model, example_inputs, leaf_modules=leaf_modules, tracer=tracer, keep_outputs=keep_outputs)
     cost = cost_model(graph)
     grads = accumulate_gradients(model, data, loss_fn) if needs_data(fn) else None
     score = bind_criterion(fn, reduction, model=model, grads=grads)

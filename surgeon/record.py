@@ -361,13 +361,16 @@ def make_attr_node(graph: fx.Graph, v: SizeInt) -> fx.Node:
 
 
 @contextmanager
-def attribute_ints(model: nn.Module) -> Iterator[None]:
+def attribute_ints(model: nn.Module, known_layer: Callable[[nn.Module], bool] = lambda m: False
+                   ) -> Iterator[None]:
     """Module int attributes read as ``SizeInt`` (kind "attr") while the model runs or is traced.
     Every module's attributes are restored afterwards, including caches its forward set (a
-    detection head's anchor grid): tracing must leave the model exactly as it was."""
-    saved = [(m, dict(vars(m))) for m in model.modules()]
+    detection head's anchor grid): tracing must leave the model exactly as it was. Layers the
+    registry knows (``known_layer``: conv, BN...) run as opaque calls and cache nothing: skipped."""
+    modules = [(q, m) for q, m in model.named_modules() if not known_layer(m)]
+    saved = [(m, dict(vars(m))) for _, m in modules]
     try:
-        for qual, m in model.named_modules():
+        for qual, m in modules:
             for k, v in list(vars(m).items()):
                 if type(v) is int and not k.startswith("_"):
                     object.__setattr__(m, k, SizeInt(v, None, "attr", (qual, k)))
@@ -403,8 +406,8 @@ def _user_frame(exc: BaseException) -> str:
     return f"{f.filename}:{f.lineno} ({(f.line or '').strip()})"
 
 
-def record(model: nn.Module, args: tuple, kwargs: dict,
-           is_leaf: Callable[[nn.Module, str], bool]) -> tuple[fx.Graph, list[str]]:
+def record(model: nn.Module, args: tuple, kwargs: dict, is_leaf: Callable[[nn.Module, str], bool],
+           known_layer: Callable[[nn.Module], bool] = lambda m: False) -> tuple[fx.Graph, list[str]]:
     """Run ``model(*args, **kwargs)``; return the recorded fx.Graph and the source lines where the
     forward branched on a computed tensor's value (the graph is the path this example took).
 
@@ -428,7 +431,7 @@ def record(model: nn.Module, args: tuple, kwargs: dict,
         _placeholders(rec, k, v)
     _active = rec
     try:
-        with attribute_ints(model), _module_calls(rec), rec:
+        with attribute_ints(model, known_layer), _module_calls(rec), rec:
             out = model(*args, **kwargs)
     except Exception as e:
         raise RecordFailure(f"{type(e).__name__}: {e}", _user_frame(e)) from e

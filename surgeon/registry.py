@@ -132,7 +132,7 @@ register_function(attribute_int, rules.shape_only, shape_only=True)
 for _m in ["add", "sub", "mul", "div", "truediv", "add_", "sub_", "mul_", "div_", "relu", "relu_",
            "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "abs", "neg", "exp", "log",
            "sqrt", "rsqrt", "pow", "square", "contiguous", "clone", "detach", "float", "half",
-           "double", "to", "type_as", "hardtanh_", "masked_fill", "sin", "cos", "reciprocal"]:
+           "double", "hardtanh_", "masked_fill", "sin", "cos", "reciprocal"]:
     register_method(_m, rules.elementwise)
 for _m, _r in [
     ("view", rules.view), ("reshape", rules.view), ("flatten", rules.flatten),
@@ -141,7 +141,9 @@ for _m, _r in [
     ("mean", rules.reduce), ("sum", rules.reduce), ("amax", rules.reduce), ("amin", rules.reduce),
     ("std", rules.reduce), ("var", rules.reduce), ("softmax", rules.along_dim),
     ("log_softmax", rules.along_dim), ("matmul", attention.matmul), ("bmm", attention.matmul),
-    ("expand_as", rules.elementwise), ("unbind", rules.unbind), ("expand", rules.expand),
+    ("expand_as", rules.elementwise), ("type_as", rules.like_first), ("to", rules.like_first),
+    ("new_full", rules.like_first), ("new_zeros", rules.like_first), ("new_ones", rules.like_first),
+    ("new_empty", rules.like_first), ("new_tensor", rules.like_first), ("unbind", rules.unbind), ("expand", rules.expand),
 ]:
     register_method(_m, _r)
 for _m in ("size", "dim", "numel"):

@@ -22,14 +22,18 @@ if TYPE_CHECKING:
 __all__ = [
     "elementwise", "channelwise", "pad", "reduce", "along_dim", "flatten", "reshape", "view",
     "permute", "transpose", "cat", "split", "chunk", "getitem", "layer_norm", "shape_only", "stack",
-    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "constant", "size_kind", "unbind", "expand", "int_value",
+    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "constant", "size_kind", "unbind", "expand", "int_value", "call_arg", "like_first",
 ]
 
 
-def _arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
+def call_arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    """Argument ``i`` / ``name`` of a call. An int the concrete tracer recorded as a node (a dim
+    read from ``self.dim``, a size) comes back as its value: rules reading dims need the number;
+    rules reading *sizes* look at ``node.args`` themselves, where provenance is kept."""
+    v = node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
+    if isinstance(v, fx.Node) and isinstance(v.meta.get("value"), int):
+        return v.meta["value"]
+    return v
 
 
 def elementwise(ctx: "RuleContext") -> None:
@@ -42,6 +46,21 @@ def elementwise(ctx: "RuleContext") -> None:
         for d, size in enumerate(s):
             if off + d >= 0 and size == out[off + d]:
                 ctx.same(ctx.t(x, d), ctx.t(ctx.node, off + d))
+
+
+def like_first(ctx: "RuleContext") -> None:
+    """x.type_as(y) / x.to(y) / x.new_zeros(...): the output is x (or a tensor made from x's dtype and
+    device); the other tensor is read for its dtype or device only."""
+    x = ctx.node.args[0]
+    refs = ctx.tensor_inputs()
+    for ref in refs:
+        if ref is not x:
+            ctx.unused_input(ref)
+    if ctx.node.target in ("type_as", "to") and isinstance(ctx.node.meta.get("tensor_meta"), TensorMetadata):
+        for d in range(len(ctx.shape(x))):
+            ctx.same(ctx.t(x, d), ctx.t(ctx.node, d))
+    else:  # new_full / new_zeros...: a fresh tensor whose sizes are arguments: x is not read
+        ctx.unused_input(x)
 
 
 def channelwise(ctx: "RuleContext") -> None:
@@ -57,7 +76,7 @@ def pad(ctx: "RuleContext") -> None:
     """F.pad pads the last len(pad)//2 dims; the others pass through."""
     x = ctx.tensor_inputs()[0]
     s = ctx.shape(x)
-    amounts = _arg(ctx.node, 1, "pad", ())
+    amounts = call_arg(ctx.node, 1, "pad", ())
     if not isinstance(amounts, (tuple, list)):
         return  # computed at run time: keep everything fixed
     padded = len(amounts) // 2
@@ -79,7 +98,7 @@ def reduce(ctx: "RuleContext") -> None:
     (removing a channel that is summed over would change the result, not zero a slice of it)."""
     x = ctx.tensor_inputs()[0]
     s, out = ctx.shape(x), ctx.out_shape()
-    reduced = _dims(_arg(ctx.node, 1, "dim"), len(s))
+    reduced = _dims(call_arg(ctx.node, 1, "dim"), len(s))
     if reduced is None:
         return  # full reduction or dims computed at run time
     keepdim = len(out) == len(s)
@@ -99,7 +118,7 @@ def along_dim(ctx: "RuleContext", dim: Any = None) -> None:
     x = ctx.tensor_inputs()[0]
     s = ctx.shape(x)
     if dim is None:
-        dim = _arg(ctx.node, 1, "dim")
+        dim = call_arg(ctx.node, 1, "dim")
     if not isinstance(dim, int):
         return
     for d in range(len(s)):
@@ -149,6 +168,12 @@ def int_value(v: Any) -> int | None:
     return None
 
 
+def _shown(v: Any) -> Any:
+    """A size argument as the user wrote it evaluates: its value when known."""
+    value = int_value(v)
+    return value if value is not None else v
+
+
 def size_kind(v: Any) -> str:
     """How a requested size of a view / reshape / split was written.
 
@@ -195,7 +220,7 @@ def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None) -> None:
             o = outs[0]
             kind = size_kind(requested(o))
             if kind == "literal":
-                why = f"hard-coded size {requested(o)} in {ctx.op_name}"
+                why = f"hard-coded size {_shown(requested(o))} in {ctx.op_name}"
                 for d in ins:
                     ctx.fix(ctx.t(x, d), why, unsupported=True)
                 ctx.fix(ctx.t(ctx.node, o), why, unsupported=True)
@@ -219,7 +244,7 @@ def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None) -> None:
                 if free:
                     why = f"{ctx.op_name} splits a dim into several sizes computed at run time"
                 else:  # every piece hard-coded: pruning would need new literals
-                    why = f"hard-coded sizes {[requested(o) for o in outs]} in {ctx.op_name}"
+                    why = f"hard-coded sizes {[_shown(requested(o)) for o in outs]} in {ctx.op_name}"
                 ctx.fix(ctx.t(x, ins[0]), why, unsupported=True)
                 continue
             inner = 1
@@ -267,7 +292,7 @@ def permute(ctx: "RuleContext") -> None:
 def transpose(ctx: "RuleContext") -> None:
     x = ctx.tensor_inputs()[0]
     n = len(ctx.shape(x))
-    d0, d1 = _arg(ctx.node, 1, "dim0"), _arg(ctx.node, 2, "dim1")
+    d0, d1 = call_arg(ctx.node, 1, "dim0"), call_arg(ctx.node, 2, "dim1")
     if not (isinstance(d0, int) and isinstance(d1, int)):
         return
     perm = list(range(n))
@@ -279,7 +304,7 @@ def transpose(ctx: "RuleContext") -> None:
 def cat(ctx: "RuleContext") -> None:
     """torch.cat: input k lands at offset sum(sizes[:k]) along the cat dim; other dims identity."""
     out = ctx.out_shape()
-    dim = _arg(ctx.node, 1, "dim", 0)
+    dim = call_arg(ctx.node, 1, "dim", 0)
     inputs = ctx.tensor_inputs()
     if not isinstance(dim, int) or len(inputs) != len(ctx.node.args[0]):
         return  # non-tensor entries or a run-time dim
@@ -310,7 +335,7 @@ def chunk(ctx: "RuleContext") -> None:
     is coupled with element j of every other piece."""
     x = ctx.tensor_inputs()[0]
     s = ctx.shape(x)
-    dim = _arg(ctx.node, 2, "dim", 0)
+    dim = call_arg(ctx.node, 2, "dim", 0)
     if not isinstance(dim, int):
         return
     dim %= len(s)
@@ -333,12 +358,12 @@ def split(ctx: "RuleContext") -> None:
     offset_k + j, pieces sized by the same attribute lose the same local indices (so they stay
     equal), and the surgery sets each attribute to its piece's new size."""
     x = ctx.tensor_inputs()[0]
-    dim = _arg(ctx.node, 2, "dim", 0)
+    dim = call_arg(ctx.node, 2, "dim", 0)
     if not isinstance(dim, int):
         return
     dim %= len(ctx.shape(x))
     _pieces(ctx, dim)
-    sizes = _arg(ctx.node, 1, "split_size_or_sections")
+    sizes = call_arg(ctx.node, 1, "split_size_or_sections")
     if not (isinstance(sizes, (list, tuple)) and sizes and len(sizes) == ctx.n_outputs()
             and all(size_kind(v) == "attr" for v in sizes)):
         ctx.fix(ctx.t(x, dim), f"hard-coded split sizes in {ctx.op_name}", unsupported=True)
@@ -363,7 +388,7 @@ def unbind(ctx: "RuleContext") -> None:
     d of x is dim d (before it) or d - 1 (after it) of every piece."""
     x = ctx.tensor_inputs()[0]
     n = len(ctx.shape(x))
-    dim = _arg(ctx.node, 1, "dim", 0)
+    dim = call_arg(ctx.node, 1, "dim", 0)
     if not isinstance(dim, int):
         return
     dim %= n
@@ -378,7 +403,7 @@ def stack(ctx: "RuleContext") -> None:
     output's dim d (before the new one) or d + 1 (after it)."""
     inputs = ctx.tensor_inputs()
     out = ctx.out_shape()
-    dim = _arg(ctx.node, 1, "dim", 0)
+    dim = call_arg(ctx.node, 1, "dim", 0)
     if not isinstance(dim, int) or len(inputs) != len(ctx.node.args[0]):
         return
     dim %= len(out)
@@ -394,7 +419,7 @@ def _spatial(ctx: "RuleContext", x: Any) -> None:
 def pixel_shuffle(ctx: "RuleContext", r: Any = None) -> None:
     """(B, C*r*r, H, W) -> (B, C, H*r, W*r): output channel c is input channels [c*r*r, (c+1)*r*r)."""
     x = ctx.tensor_inputs()[0]
-    r = _arg(ctx.node, 1, "upscale_factor") if r is None else r
+    r = call_arg(ctx.node, 1, "upscale_factor") if r is None else r
     if not isinstance(r, int):
         return
     _spatial(ctx, x)
@@ -404,7 +429,7 @@ def pixel_shuffle(ctx: "RuleContext", r: Any = None) -> None:
 def pixel_unshuffle(ctx: "RuleContext", r: Any = None) -> None:
     """(B, C, H, W) -> (B, C*r*r, H/r, W/r): input channel c becomes output channels [c*r*r, (c+1)*r*r)."""
     x = ctx.tensor_inputs()[0]
-    r = _arg(ctx.node, 1, "downscale_factor") if r is None else r
+    r = call_arg(ctx.node, 1, "downscale_factor") if r is None else r
     if not isinstance(r, int):
         return
     _spatial(ctx, x)
@@ -415,7 +440,7 @@ def channel_shuffle(ctx: "RuleContext", groups: Any = None) -> None:
     """F.channel_shuffle(x, g): input channel c = i * (C/g) + j (group i, slot j) lands at output
     j * g + i. The group count is fixed, so slot j goes from every group at once (c ~ c % (C/g))."""
     x = ctx.tensor_inputs()[0]
-    g = _arg(ctx.node, 1, "groups") if groups is None else groups
+    g = call_arg(ctx.node, 1, "groups") if groups is None else groups
     s = ctx.shape(x)
     if not isinstance(g, int) or s[1] % g:
         return
@@ -489,7 +514,7 @@ def expand(ctx: "RuleContext") -> None:
         if s[d] != out[off + d]:
             continue  # broadcast from size 1
         if size_kind(req) == "literal":
-            ctx.fix(ctx.t(x, d), f"hard-coded size {req} in {ctx.op_name}", unsupported=True)
+            ctx.fix(ctx.t(x, d), f"hard-coded size {_shown(req)} in {ctx.op_name}", unsupported=True)
         else:
             ctx.same(ctx.t(x, d), ctx.t(node, off + d))
 
@@ -498,7 +523,7 @@ def layer_norm(ctx: "RuleContext") -> None:
     """F.layer_norm(x, normalized_shape, weight, bias): over the last dim only (the channels of a
     channels-last tensor); weight / bias are tensors used directly in forward. Mixes channels."""
     x = ctx.node.args[0]
-    shape = _arg(ctx.node, 1, "normalized_shape")
+    shape = call_arg(ctx.node, 1, "normalized_shape")
     s = ctx.shape(x)
     for d in range(len(s) - 1):
         ctx.same(ctx.t(x, d), ctx.t(ctx.node, d))
@@ -508,7 +533,7 @@ def layer_norm(ctx: "RuleContext") -> None:
     ctx.same(last, ctx.t(ctx.node, -1))
     ctx.mark_mixing(last)
     for i, name in ((2, "weight"), (3, "bias")):
-        w = _arg(ctx.node, i, name)
+        w = call_arg(ctx.node, i, name)
         if isinstance(w, fx.Node):
             ctx.same(last, ctx.t(w, 0))
 

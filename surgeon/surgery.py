@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from .errors import SurgeryError
 from .graph import iter_module_calls, layer_positions
@@ -23,7 +24,7 @@ from .trace import Traced, trace_fx
 if TYPE_CHECKING:
     from .dependency import ChannelGraph
 
-__all__ = ["apply_removal", "resolve_tensor", "check_layers", "Snapshot"]
+__all__ = ["apply_removal", "resolve_tensor", "check_layers", "Snapshot", "ShapeMismatch"]
 
 
 def resolve_tensor(model: nn.Module, path: str) -> torch.Tensor:
@@ -80,11 +81,54 @@ def _new_sizes(graph: "ChannelGraph", removed: dict[Pos, np.ndarray]) -> dict[Po
     return {p: graph.size(p) - len(idx) for p, idx in removed.items() if len(idx)}
 
 
+class ShapeMismatch(SurgeryError):
+    """The pruned model's own forward computed a tensor of another size than the plan predicted
+    (``positions``): some size in the code did not follow the cut."""
+
+    def __init__(self, message: str, positions: list[Pos]) -> None:
+        super().__init__(message)
+        self.positions = positions
+
+
+def _aligned_names(old: Any, new: Any) -> dict[str, Any]:
+    """Old node name -> the new trace's TensorMetadata for the same node.
+
+    When both traces ran the same ops in the same order, nodes match by name. A concrete trace
+    can take another path after the cut (a detection head rebuilds its cached anchor grid because
+    the feature shape changed): then layer calls match by (module, k-th call) and the model
+    outputs by position, which is what the shapes are checked on.
+    """
+    def ops(g: Any) -> list[tuple[str, Any]]:
+        return [(n.op, n.target) for n in g.graph.nodes]
+
+    new_nodes = list(new.graph.nodes)
+    if ops(old) == ops(new):
+        return {n.name: m.meta.get("tensor_meta") for n, m in zip(old.graph.nodes, new_nodes)}
+    def calls(g: Any) -> dict[tuple[str, int], Any]:
+        seen: dict[str, int] = {}
+        out = {}
+        for n in g.graph.nodes:
+            if n.op == "call_module":
+                k = seen[str(n.target)] = seen.get(str(n.target), -1) + 1
+                out[(str(n.target), k)] = n
+        return out
+    new_calls = calls(new)
+    aligned = {n.name: new_calls[key].meta.get("tensor_meta")
+               for key, n in calls(old).items() if key in new_calls}
+    old_out = [n for n in old.graph.nodes if n.op == "output"][0]
+    new_out = [n for n in new_nodes if n.op == "output"][0]
+    for a, b in zip(old_out.all_input_nodes, new_out.all_input_nodes):
+        aligned.setdefault(a.name, b.meta.get("tensor_meta"))
+    return aligned
+
+
 def _shape_check(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs: Any) -> None:
-    """Re-trace the pruned model and compare every activation's shape with the prediction."""
+    """Re-trace the pruned model (running its own forward) and compare every activation's shape
+    with the prediction."""
     new = trace_fx(graph.model, inputs, graph.traced.leaf_modules, method=graph.traced.method)
-    shapes: dict[str, Any] = {n.name: n.meta.get("tensor_meta") for n in new.gm.graph.nodes}
-    bad = []
+    shapes = _aligned_names(graph.traced.gm, new.gm)
+    bad: list[str] = []
+    wrong: list[Pos] = []
     for pos in graph.nx.nodes:
         if pos.kind != "t":
             continue
@@ -93,15 +137,16 @@ def _shape_check(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs: 
         if meta is None:
             continue
         if k:
-            meta = meta[int(k)] if isinstance(meta, (tuple, list)) else None
-        if meta is None or not hasattr(meta, "shape"):
+            meta = meta[int(k)] if isinstance(meta, (tuple, list)) and not isinstance(meta, TensorMetadata) else None
+        if meta is None or not isinstance(meta, TensorMetadata):
             continue
         want = graph.size(pos) - len(removed.get(pos, ()))
-        got = int(meta.shape[pos.dim])
+        got = int(meta.shape[pos.dim]) if pos.dim < len(meta.shape) else -1
         if got != want:
             bad.append(f"node {name} dim {pos.dim}: expected {want} channels, got {got}")
+            wrong.append(pos)
     if bad:
-        raise SurgeryError("pruned model computes tensors of unexpected shapes: " + "; ".join(bad[:5]))
+        raise ShapeMismatch("pruned model computes tensors of unexpected shapes: " + "; ".join(bad[:5]), wrong)
 
 
 def _attribute_updates(graph: "ChannelGraph", removed: dict[Pos, np.ndarray]) -> dict[tuple[str, str], int]:

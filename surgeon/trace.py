@@ -7,6 +7,8 @@ We need two things from the user's model before we can reason about channels: th
 from __future__ import annotations
 
 import os
+import re
+import sys
 import traceback
 import warnings
 from contextlib import contextmanager
@@ -22,7 +24,7 @@ from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from .errors import TraceFailure, ValueDependentWarning
 
-__all__ = ["Traced", "trace_fx", "as_input_tuple", "as_example_inputs", "ExampleInputs", "eval_mode",
+__all__ = ["Traced", "trace_fx", "node_source", "as_input_tuple", "as_example_inputs", "ExampleInputs", "eval_mode",
            "TRACERS"]
 
 
@@ -109,6 +111,18 @@ class _Tracer(fx.Tracer):
         self._leaf_types = leaf_types
         self._leaf_names = leaf_names
         self._attr_nodes: dict[Any, fx.Node] = {}
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        """Also notes the user's source line (cheaper than fx's ``record_stack_traces``)."""
+        node = super().create_node(*args, **kwargs)
+        f = sys._getframe(1)
+        while f is not None:
+            fn = f.f_code.co_filename
+            if not (fn.startswith(_TORCH_DIR) or fn.startswith(_SURGEON_DIR) or fn.startswith("<")):
+                node.meta["source"] = f"{fn}:{f.f_lineno}"
+                break
+            f = f.f_back
+        return node
 
     def create_arg(self, a: Any) -> Any:
         """A module's int attribute (``self.num_heads``, see ``record.attribute_ints``) becomes an
@@ -239,6 +253,20 @@ def _user_frame(exc: BaseException) -> str:
     return f" at {f.filename}:{f.lineno} ({(f.line or '').strip()})"
 
 
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def node_source(node: fx.Node) -> str:
+    """"file:line" of the user's code that made ``node`` (either tracer), or ""."""
+    if "source" in node.meta:
+        return node.meta["source"]
+    frames = _FRAME.findall(node.meta.get("stack_trace") or "")
+    user = [f"{f}:{n}" for f, n in frames if not (f.startswith(_TORCH_DIR) or f.startswith(_SURGEON_DIR))]
+    source = user[-1] if user else ""
+    node.meta["source"] = source
+    return source
+
+
 class RecordedGraph:
     """What surgeon reads of a GraphModule, for a graph recorded by the concrete tracer (which is
     a record of one run, not a program to re-run): the graph, and the model's submodules and
@@ -295,8 +323,10 @@ class _SymbolicTraceError(RuntimeError):
     """fx's symbolic tracer (not the shape propagation that follows) failed."""
 
 
-def _is_default_leaf(m: nn.Module, qualname: str) -> bool:
-    return fx.Tracer().is_leaf_module(m, qualname)
+def _known_layer(m: nn.Module) -> bool:
+    """A layer the registry knows, called as one opaque op by both tracers."""
+    from .registry import lookup
+    return lookup("call_module", None, m) is not None
 
 
 def _trace_symbolic(model: nn.Module, ex: ExampleInputs, leaf_types: tuple[type, ...],
@@ -304,7 +334,7 @@ def _trace_symbolic(model: nn.Module, ex: ExampleInputs, leaf_types: tuple[type,
     from .record import attribute_ints
     tracer = _Tracer(leaf_types, leaf_names)
     try:
-        with attribute_ints(model):
+        with attribute_ints(model, _known_layer):
             graph = tracer.trace(model)
     except Exception as e:
         raise _SymbolicTraceError(str(e)) from e
@@ -343,7 +373,7 @@ def _trace_concrete(model: nn.Module, ex: ExampleInputs, leaf_types: tuple[type,
 
     try:
         with torch.no_grad():
-            graph, value_reads = record(model, ex.args, ex.kwargs, is_leaf)
+            graph, value_reads = record(model, ex.args, ex.kwargs, is_leaf, _known_layer)
     except RecordFailure as e:
         where = f" at {e.where}" if e.where else ""
         raise TraceFailure(

@@ -9,7 +9,7 @@ ignored it.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -48,12 +48,15 @@ def max_abs_diff(a: Any, b: Any) -> float:
 
 
 def assert_equivalent(reference: nn.Module, pruned: nn.Module, example_inputs: Any,
-                      atol: float = 1e-4, rtol: float = 1e-4) -> float:
+                      atol: float = 1e-4, rtol: float = 1e-4, outputs: Sequence[int] | None = None) -> float:
     """Run both models in eval mode on the inputs; raise EquivalenceError if the outputs differ by
-    more than ``atol + rtol * max|reference|``. Returns the max abs difference."""
+    more than ``atol + rtol * max|reference|``. Returns the max abs difference. ``outputs``: indices
+    of the (flattened) outputs to compare (those a plan kept; default all)."""
     ex = as_example_inputs(example_inputs)
     with eval_mode(pruned), eval_mode(reference), torch.no_grad():
         want, got = flatten_tensors(ex.call(reference)), flatten_tensors(ex.call(pruned))
+    if outputs is not None and len(want) == len(got):
+        want, got = [want[i] for i in outputs], [got[i] for i in outputs]
     if len(want) != len(got):
         raise EquivalenceError(f"the pruned model returns {len(got)} tensors, the reference {len(want)}")
     bad = [f"output {i}: {tuple(a.shape)} vs {tuple(b.shape)}" for i, (a, b) in enumerate(zip(want, got))
