@@ -24,7 +24,15 @@ from .rules import call_arg, int_value
 if TYPE_CHECKING:
     from .graph import RuleContext
 
-__all__ = ["sdpa", "matmul", "MHA_SPEC"]
+__all__ = ["sdpa", "matmul", "MHA_SPEC", "HEAD_COUNT_ATTRS", "HEAD_WIDTH_ATTRS"]
+
+# Attributes that attention classes keep next to their projections (Hugging Face, timm, fairseq
+# style). When a head split ``view(b, n, -1, self.head_dim)`` sizes the head count at run time, these
+# attributes are not read by the view, but they describe the module (and other code reads them): an
+# attribute of the module that made the split, with one of these names and the old value, follows.
+HEAD_COUNT_ATTRS = frozenset({"num_heads", "num_attention_heads", "n_heads", "n_head", "heads",
+                              "num_head"})
+HEAD_WIDTH_ATTRS = frozenset({"all_head_size", "inner_dim"})  # heads x head size
 
 
 

@@ -78,6 +78,16 @@ def _int_list(text: str) -> list[int]:
     return [_positive_int(t) for t in text.split(",") if t.strip()]
 
 
+def _index_list(text: str) -> list[int]:
+    try:
+        out = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated output indices like 0 or 0,2, got {text!r}")
+    if not out or any(i < 0 for i in out):
+        raise argparse.ArgumentTypeError(f"expected comma-separated output indices >= 0, got {text!r}")
+    return out
+
+
 def _ratios(text: str) -> list[float]:
     from .resolve import ModelSpecError, parse_ratios
 
@@ -141,7 +151,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             raise CliError(f"cannot draw to {args.graph!r}: the file must end in {', '.join(FORMATS)}")
     with _progress(not args.quiet, desc="tracing") as bar:
         resolved = _build(args)
-        graph = trace(resolved.model, _example(resolved.input_shape), warn=False)
+        graph = trace(resolved.model, _example(resolved.input_shape), warn=False, tracer=args.tracer)
         bar.update()
     limit = None if args.all else 4
     items = []
@@ -194,7 +204,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         bar.set_description("tracing and planning")
         t0 = time.perf_counter()
         kwargs: dict[str, Any] = {"criterion": args.criterion, "scope": args.scope,
-                                  "ignore": _split(args.ignore) or None, "round_to": args.round_to}
+                                  "ignore": _split(args.ignore) or None, "round_to": args.round_to,
+                                  "tracer": args.tracer, "keep_outputs": args.keep_outputs}
         # only what the user set: plan() refuses a ratio together with a MACs / params target
         for key in ("ratio", "target_macs", "target_params"):
             if getattr(args, key) is not None:
@@ -355,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_args.add_argument("model", metavar="MODEL", help=model_help)
     model_args.add_argument("--input-shape", metavar="N,C,H,W", help="example input shape, batch first "
                             "(default: the model's own, e.g. 1,3,224,224 for the zoo's ImageNet models)")
+    model_args.add_argument("--tracer", choices=("auto", "fx", "concrete"), default="auto",
+                            help="auto (default): symbolic torch.fx, or the model's real forward recorded "
+                            "when fx cannot trace it; fx; concrete")
 
     parser = _Parser(prog="surgeon", description="Structured pruning that removes channels for real: "
                      "see which layers are coupled, prune, export to ONNX and measure.")
@@ -386,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore", action="append", metavar="NAME",
                    help="module to leave untouched (qualified name, e.g. fc); repeat for several")
     p.add_argument("--round-to", type=_positive_int, metavar="N", help="keep channel counts multiples of N")
+    p.add_argument("--keep-outputs", type=_index_list, metavar="I,J", help="only these model outputs (indices "
+                   "of the flattened output tensors) keep their shapes; default all (e.g. 0 for a detector "
+                   "whose extra outputs are features for a training loss)")
     p.add_argument("--output", "-o", required=True, metavar="DIR", help="output directory")
     p.add_argument("--verify", action="store_true", help="also check the pruned model against a zeroed copy")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export (and its latency)")

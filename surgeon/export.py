@@ -438,7 +438,10 @@ def _export_torchscript(
     if opset is not None:
         kwargs["opset_version"] = opset
     log_was_enabled = torch._C._jit_is_onnx_log_enabled()
-    with _quiet() as caught, _captured_output(attempt):
+    # Grad mode on while tracing: in no_grad eval mode nn.MultiheadAttention and
+    # nn.TransformerEncoderLayer take a fused fast path (aten::_native_multi_head_attention) that
+    # has no ONNX symbolic; with grad enabled they run the plain ops. Nothing is trained here.
+    with _quiet() as caught, _captured_output(attempt), torch.enable_grad():
         try:
             torch.onnx.export(
                 model, inputs, str(path), dynamo=False,

@@ -18,6 +18,7 @@ import torch.fx as fx
 from torch import nn
 
 from .indexmap import IndexMap
+from .layers import couple_conv
 from .rules import call_arg, int_value
 
 if TYPE_CHECKING:
@@ -41,22 +42,25 @@ def _pass_through(ctx: "RuleContext", x: fx.Node, skip: int | None = None) -> No
 
 
 def conv(ctx: "RuleContext") -> None:
-    """F.conv1d/2d/3d(x, weight, bias, stride, padding, dilation, groups). groups=1 only: a grouped
-    call with a literal ``groups`` would keep the old group count after a cut."""
+    """F.conv1d/2d/3d(x, weight, bias, stride, padding, dilation, groups). A grouped call couples
+    like the layer only when ``groups`` is the owning conv's own attribute (the surgery updates
+    it); a grouped call with any other group count keeps its channels."""
     node = ctx.node
     x, w, b = node.args[0], _tensor(ctx, call_arg(node, 1, "weight")), _tensor(ctx, call_arg(node, 2, "bias"))
     if w is None:
         return
     ctx.same(ctx.t(x, 0), ctx.t(node, 0))
     groups = int_value(call_arg(node, 6, "groups", 1))
-    out = ctx.t(node, 1)
-    ctx.same(out, ctx.t(w, 0))
-    if b is not None:
-        ctx.same(out, ctx.t(b, 0))
-    if groups == 1:
-        ctx.same(ctx.t(x, 1), ctx.t(w, 1))
-    else:
-        ctx.fix(ctx.t(x, 1), f"grouped {ctx.op_name} (groups={groups}) called functionally", unsupported=True)
+    owner = ctx.owner_of(w)
+    in_c, out_c = ctx.shape(x)[1], ctx.shape(w)[0]
+    if groups != 1 and not (isinstance(owner, nn.modules.conv._ConvNd) and owner.groups == groups
+                            and owner.weight is not None and owner.in_channels == in_c):
+        why = f"grouped {ctx.op_name} (groups={groups}) with a group count the surgery cannot update"
+        ctx.fix(ctx.t(x, 1), why, unsupported=True)
+        ctx.fix(ctx.t(node, 1), why, unsupported=True)
+        return
+    couple_conv(ctx, ctx.t(x, 1), ctx.t(node, 1), ctx.t(w, 0), ctx.t(w, 1),
+                ctx.t(b, 0) if b is not None else None, in_c, out_c, groups or 1)
 
 
 def linear(ctx: "RuleContext") -> None:

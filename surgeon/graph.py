@@ -19,7 +19,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from .indexmap import IndexMap, Pos
 from .registry import OpEntry, lookup
-from .trace import Traced, node_source
+from .trace import Traced, node_module, node_source
 
 __all__ = ["Fixed", "RuleContext", "build_graph", "op_label", "param_paths", "layer_positions"]
 
@@ -163,6 +163,24 @@ class RuleContext:
         size of ``pos``: after surgery the attribute must equal the new size of ``pos``."""
         qual, name = size_arg.meta["attr"]
         self._b.g.graph.setdefault("attr_syncs", []).append((qual, name, pos))
+
+    def sync_heads(self, old_heads: int, old_width: int, pos: Pos, width_per_head: int) -> None:
+        """A head split sized the head count at run time (``view(b, n, -1, self.head_dim)``): the
+        module that made it keeps head-count / all-heads-width attributes
+        (``attention.HEAD_COUNT_ATTRS`` / ``HEAD_WIDTH_ATTRS``) that must follow ``pos``."""
+        from .attention import HEAD_COUNT_ATTRS, HEAD_WIDTH_ATTRS
+        qual = node_module(self.node)
+        m = self._b.modules.get(qual) if qual is not None else None
+        if m is None:
+            return
+        syncs = self._b.g.graph.setdefault("attr_syncs", [])
+        for name, v in vars(m).items():
+            if type(v) is not int and not (isinstance(v, int) and not isinstance(v, bool)):
+                continue
+            if name in HEAD_COUNT_ATTRS and int(v) == old_heads:
+                syncs.append((qual, name, pos))
+            elif name in HEAD_WIDTH_ATTRS and int(v) == old_width:
+                syncs.append((qual, name, pos, width_per_head))
 
     def owner_of(self, ref: Any) -> nn.Module | None:
         """The module holding the parameter that a ``get_attr`` node reads (None otherwise)."""

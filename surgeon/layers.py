@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Callable, Optional
 import torch
 from torch import nn
 
-from .indexmap import IndexMap
+from .indexmap import IndexMap, Pos
 
 if TYPE_CHECKING:
     from .graph import RuleContext
 
-__all__ = ["LayerSpec", "LAYER_SPECS"]
+__all__ = ["LayerSpec", "LAYER_SPECS", "couple_conv"]
 
 
 @dataclass(frozen=True)
@@ -63,24 +63,31 @@ def _pass_through(ctx: "RuleContext", skip: int | None = None) -> None:
 def _couple_conv(ctx: "RuleContext") -> None:
     m: nn.Conv2d = ctx.module  # type: ignore[assignment]
     x = ctx.tensor_inputs()[0]
-    xin, out = ctx.t(x, 1), ctx.t(ctx.node, 1)
     ctx.same(ctx.t(x, 0), ctx.t(ctx.node, 0))
-    ctx.same(out, ctx.p("weight", 0))
-    if m.bias is not None:
-        ctx.same(out, ctx.p("bias", 0))
-    g = m.groups
-    ipg, opg = m.in_channels // g, m.out_channels // g
+    couple_conv(ctx, ctx.t(x, 1), ctx.t(ctx.node, 1), ctx.p("weight", 0), ctx.p("weight", 1),
+                ctx.p("bias", 0) if m.bias is not None else None, m.in_channels, m.out_channels, m.groups)
+
+
+def couple_conv(ctx: "RuleContext", xin: Pos, out: Pos, w0: Pos, w1: Pos, bias: Pos | None,
+                in_channels: int, out_channels: int, groups: int) -> None:
+    """The channel couplings of a (grouped) convolution, given its positions: shared by the
+    module rule and ``functional.conv`` (``F.conv2d(x, self.weight, ..., self.groups)``)."""
+    ctx.same(out, w0)
+    if bias is not None:
+        ctx.same(out, bias)
+    g = groups
+    ipg, opg = in_channels // g, out_channels // g
     if g == 1:
-        ctx.same(xin, ctx.p("weight", 1))
+        ctx.same(xin, w1)
     elif ipg == 1:
         # depthwise (channel multiplier opg): input g feeds outputs [g*opg, (g+1)*opg); removing
         # input 3 of a 32-channel depthwise conv with opg=2 removes outputs 6 and 7, groups -> 31.
-        ctx.couple(xin, out, IndexMap.block(m.in_channels, opg, "depthwise"))
+        ctx.couple(xin, out, IndexMap.block(in_channels, opg, "depthwise"))
     else:
         # grouped: channel j of every group is one unit so each group keeps the same width; input
         # c reads weight[:, c % ipg] (groups=4, ipg=8: inputs 3, 11, 19, 27 ~ weight dim 1 index 3).
-        ctx.couple(xin, ctx.p("weight", 1), IndexMap.modulo(m.in_channels, ipg))
-        ctx.couple(out, out, IndexMap.modulo(m.out_channels, opg, "per-group out"))
+        ctx.couple(xin, w1, IndexMap.modulo(in_channels, ipg))
+        ctx.couple(out, out, IndexMap.modulo(out_channels, opg, "per-group out"))
 
 
 def _sync_conv(m: nn.Module, n_in: int, n_out: int) -> None:

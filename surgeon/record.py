@@ -190,6 +190,7 @@ class _Recorder(TorchFunctionMode):
         self.node_of: dict[int, fx.Node] = {}
         self.alive: list[Any] = []  # keeps every recorded tensor alive so ids are never reused
         self.depth = 0  # > 0 inside a leaf module: its internals are not recorded
+        self.module_stack = [""]  # qualnames of the (non-leaf) modules whose forward is running
         self.attr_nodes: dict[Any, fx.Node] = {}
         self.value_reads: list[str] = []  # source lines where Python read a computed tensor's value
 
@@ -284,6 +285,7 @@ class _Recorder(TorchFunctionMode):
         node = self.graph.create_node(kind, target, tuple(self.value_arg(a) for a in args),
                                       {k: self.value_arg(v) for k, v in kwargs.items()})
         self.note_source(node)
+        node.meta["module"] = self.module_stack[-1]
         if isinstance(result, torch.Tensor):
             node.meta["tensor_meta"] = _extract_tensor_metadata(result)
             self._bind(result, node)
@@ -339,8 +341,14 @@ class _Recorder(TorchFunctionMode):
 
     def call_module(self, module: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         name = self.names.get(id(module))
-        if self.depth or name is None or not self.is_leaf(module, name):
+        if self.depth or name is None:
             return forward(*args, **kwargs)
+        if not self.is_leaf(module, name):
+            self.module_stack.append(name)
+            try:
+                return forward(*args, **kwargs)
+            finally:
+                self.module_stack.pop()
         self.depth += 1
         try:
             result = forward(*args, **kwargs)

@@ -256,6 +256,8 @@ def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None) -> None:
                        IndexMap(f"split /{inner} %{out[outs[f]]}", src, (src // inner) % out[outs[f]]))
             if kinds[f] == "attr":
                 ctx.sync_attr(requested(outs[f]), ctx.t(ctx.node, outs[f]))
+            elif f < len(outs) - 1:  # whole blocks (heads) counted at run time
+                ctx.sync_heads(out[outs[f]], n, ctx.t(ctx.node, outs[f]), inner)
 
 
 def flatten(ctx: "RuleContext") -> None:

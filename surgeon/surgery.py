@@ -154,8 +154,8 @@ def _attribute_updates(graph: "ChannelGraph", removed: dict[Pos, np.ndarray]) ->
     value each must take: the new size of the position it sizes. Two uses that disagree are an
     error (raised before anything changes)."""
     values: dict[tuple[str, str], int] = {}
-    for qual, name, pos in graph.nx.graph.get("attr_syncs", []):
-        new = graph.size(pos) - len(removed.get(pos, ()))
+    for qual, name, pos, *scale in graph.nx.graph.get("attr_syncs", []):
+        new = (graph.size(pos) - len(removed.get(pos, ()))) * (scale[0] if scale else 1)
         if values.setdefault((qual, name), new) != new:
             raise SurgeryError(f"{qual}.{name} sizes two tensors that would shrink differently "
                                f"({values[(qual, name)]} vs {new}); nothing was changed")

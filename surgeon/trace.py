@@ -24,7 +24,7 @@ from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from .errors import TraceFailure, ValueDependentWarning
 
-__all__ = ["Traced", "trace_fx", "node_source", "as_input_tuple", "as_example_inputs", "ExampleInputs", "eval_mode",
+__all__ = ["Traced", "trace_fx", "node_source", "node_module", "as_input_tuple", "as_example_inputs", "ExampleInputs", "eval_mode",
            "TRACERS"]
 
 
@@ -265,6 +265,17 @@ def node_source(node: fx.Node) -> str:
     source = user[-1] if user else ""
     node.meta["source"] = source
     return source
+
+
+def node_module(node: fx.Node) -> str | None:
+    """Qualified name of the innermost module whose forward made ``node`` (either tracer)."""
+    if "module" in node.meta:
+        return node.meta["module"]
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    last = list(stack.values())[-1]
+    return last[0] if isinstance(last, tuple) else str(last)
 
 
 class RecordedGraph:

@@ -141,8 +141,9 @@ class ConvSame(nn.Conv2d):
         return F.conv2d(x, s.weight, s.bias, s.stride, (0, 0), s.dilation, s.groups)
 
 class TimmLike(nn.Module):
+    """timm: Conv2dSame (plain and depthwise) + BatchNormAct2d + GroupNorm."""
     def __init__(s):
-        super().__init__(); s.a = ConvSame(3, 16, 3, stride=2); s.bn = BNAct(16); s.b = ConvSame(16, 16, 3); s.bn2 = BNAct(16); s.gn = nn.GroupNorm(4, 16); s.c = nn.Conv2d(16, 4, 1)
+        super().__init__(); s.a = ConvSame(3, 16, 3, stride=2); s.bn = BNAct(16); s.b = ConvSame(16, 16, 3, groups=16); s.bn2 = BNAct(16); s.gn = nn.GroupNorm(4, 16); s.c = nn.Conv2d(16, 4, 1)
     def forward(s, x):
         return s.c(s.gn(s.bn2(s.b(s.bn(s.a(x))))))
 

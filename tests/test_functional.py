@@ -24,7 +24,8 @@ def test_batchnorm_and_conv_subclasses_calling_functional_forms(check):
     check(m, IMG, 0.5)
     assert m.a.out_channels == 8 and m.a.weight.shape[0] == 8
     assert m.bn.num_features == 8 and m.bn.running_mean.shape == (8,)
-    assert m.b.in_channels == 8 and m.gn.num_groups * (m.gn.num_channels // m.gn.num_groups) == m.gn.num_channels
+    assert m.b.in_channels == 8 and m.b.groups == 8 and m.b.weight.shape == (8, 1, 3, 3)
+    assert m.gn.num_groups * (m.gn.num_channels // m.gn.num_groups) == m.gn.num_channels
 
 
 def test_group_norm_prunes_whole_groups_exactly(check):
