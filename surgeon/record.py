@@ -414,12 +414,13 @@ def _user_frame(exc: BaseException) -> str:
     return f"{f.filename}:{f.lineno} ({(f.line or '').strip()})"
 
 
-def record(model: nn.Module, args: tuple, kwargs: dict, is_leaf: Callable[[nn.Module, str], bool],
-           known_layer: Callable[[nn.Module], bool] = lambda m: False) -> tuple[fx.Graph, list[str]]:
+def record(model: nn.Module, args: tuple, kwargs: dict,
+           is_leaf: Callable[[nn.Module, str], bool]) -> tuple[fx.Graph, list[str]]:
     """Run ``model(*args, **kwargs)``; return the recorded fx.Graph and the source lines where the
     forward branched on a computed tensor's value (the graph is the path this example took).
 
-    Call with the model already in the mode it should run in and under ``torch.no_grad()``.
+    Call with the model already in the mode it should run in, under ``torch.no_grad()`` and
+    ``attribute_ints(model)`` (which also restores every module's attributes afterwards).
     Raises RecordFailure (with the user's failing line) when the forward raises.
     """
     global _active
@@ -439,7 +440,7 @@ def record(model: nn.Module, args: tuple, kwargs: dict, is_leaf: Callable[[nn.Mo
         _placeholders(rec, k, v)
     _active = rec
     try:
-        with attribute_ints(model, known_layer), _module_calls(rec), rec:
+        with _module_calls(rec), rec:
             out = model(*args, **kwargs)
     except Exception as e:
         raise RecordFailure(f"{type(e).__name__}: {e}", _user_frame(e)) from e

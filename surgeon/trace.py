@@ -278,6 +278,15 @@ def node_module(node: fx.Node) -> str | None:
     return last[0] if isinstance(last, tuple) else str(last)
 
 
+def _in_root_forward(model: nn.Module, exc: BaseException) -> bool:
+    """Did the failing user frame run in the root module's own forward (where a leaf cannot help)?"""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not (f.filename.startswith(_TORCH_DIR) or f.filename.startswith(_SURGEON_DIR))]
+    code = getattr(type(model).forward, "__code__", None)
+    return bool(frames) and code is not None and frames[-1].filename == code.co_filename and (
+        frames[-1].name == code.co_name and code.co_firstlineno <= (frames[-1].lineno or 0))
+
+
 class RecordedGraph:
     """What surgeon reads of a GraphModule, for a graph recorded by the concrete tracer (which is
     a record of one run, not a program to re-run): the graph, and the model's submodules and
@@ -342,11 +351,9 @@ def _known_layer(m: nn.Module) -> bool:
 
 def _trace_symbolic(model: nn.Module, ex: ExampleInputs, leaf_types: tuple[type, ...],
                     leaf_names: set[str]) -> fx.GraphModule:
-    from .record import attribute_ints
     tracer = _Tracer(leaf_types, leaf_names)
     try:
-        with attribute_ints(model, _known_layer):
-            graph = tracer.trace(model)
+        graph = tracer.trace(model)
     except Exception as e:
         raise _SymbolicTraceError(str(e)) from e
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
@@ -384,7 +391,7 @@ def _trace_concrete(model: nn.Module, ex: ExampleInputs, leaf_types: tuple[type,
 
     try:
         with torch.no_grad():
-            graph, value_reads = record(model, ex.args, ex.kwargs, is_leaf, _known_layer)
+            graph, value_reads = record(model, ex.args, ex.kwargs, is_leaf)
     except RecordFailure as e:
         where = f" at {e.where}" if e.where else ""
         raise TraceFailure(
@@ -420,7 +427,10 @@ def trace_fx(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] 
     leaf_types, leaf_names = _resolve_leaves(model, leaf_modules)
     symbolic_ok = not ex.kwargs and all(isinstance(a, torch.Tensor) for a in ex.args)
     fx_error: BaseException | None = None
-    with eval_mode(model):
+    from .record import attribute_ints
+    # attribute_ints: module ints read as sizes with provenance, and every module's attributes
+    # (caches a forward sets, e.g. anchor grids) restored afterwards: tracing changes nothing.
+    with eval_mode(model), attribute_ints(model, _known_layer):
         if method == "fx" or (method == "auto" and symbolic_ok):
             try:
                 gm = _trace_symbolic(model, ex, leaf_types, leaf_names)
@@ -431,10 +441,12 @@ def trace_fx(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] 
                     e = e.__cause__ or e
                     fx_error = e
                 if method == "fx":
+                    leaf = ("" if _in_root_forward(model, e) else ", or mark the submodule that "
+                            "contains it as a leaf (leaf_modules=[...]; its channels are then frozen)")
                     raise TraceFailure(
                         f"torch.fx could not trace {type(model).__name__}{_user_frame(e)}: "
-                        f"{type(e).__name__}: {e}. Use tracer='concrete' (runs the real forward), or "
-                        "mark the submodule that contains it as a leaf (its channels are then frozen)."
+                        f"{type(e).__name__}: {e}. Use tracer='concrete' (runs the real forward)"
+                        f"{leaf}."
                     ) from e
         try:
             rg = _trace_concrete(model, ex, leaf_types, leaf_names)

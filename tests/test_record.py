@@ -219,3 +219,31 @@ def test_a_size_that_does_not_follow_the_cut_keeps_its_group_whole():
         plan.apply(verify=True)
     assert m.b.out_channels == 8 and torch.allclose(m(x), want)
     assert not any("b" in c.group.layers for c in plan.cuts)
+
+
+def test_user_leaf_that_caches_tensors_runs_for_real_and_is_restored():
+    class Head(nn.Module):
+        """A detection head made a leaf: it caches an anchor grid on its first call."""
+
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(8, 4, 1)
+            self.anchors = None
+
+        def forward(self, x):
+            if self.anchors is None or self.anchors.shape[0] != x.shape[-1]:
+                self.anchors = torch.arange(x.shape[-1], dtype=x.dtype, device=x.device)
+            return self.c(x) + self.anchors
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.head = nn.Conv2d(3, 8, 3, padding=1), Head()
+
+        def forward(self, x):
+            return self.head(self.a(x))
+
+    m = Net().eval()
+    graph = surgeon.trace(m, IMG, leaf_modules=[m.head])
+    assert graph.traced.method == "fx" and m.head.anchors is None
+    assert m(IMG).device.type == "cpu" and m.head.anchors.device.type == "cpu"
