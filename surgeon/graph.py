@@ -175,7 +175,7 @@ class RuleContext:
             return
         syncs = self._b.g.graph.setdefault("attr_syncs", [])
         for name, v in vars(m).items():
-            if type(v) is not int and not (isinstance(v, int) and not isinstance(v, bool)):
+            if not isinstance(v, int) or isinstance(v, bool):
                 continue
             if name in HEAD_COUNT_ATTRS and int(v) == old_heads:
                 syncs.append((qual, name, pos))

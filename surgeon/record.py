@@ -28,6 +28,7 @@ import inspect
 import operator
 import os
 import sys
+import traceback
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -37,11 +38,26 @@ from torch import nn
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["SizeInt", "record", "constant_tensor", "attribute_int", "attribute_ints", "make_attr_node",
+__all__ = ["SizeInt", "record", "user_source", "user_frames", "failing_user_frame", "is_library_file", "constant_tensor", "attribute_int", "attribute_ints", "make_attr_node",
            "flatten_tensors", "RecordFailure"]
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_SURGEON_DIR = os.path.dirname(__file__)
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+_SURGEON_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def is_library_file(filename: str) -> bool:
+    """A frame of torch or surgeon itself (never the place to point a user at)."""
+    return filename.startswith(_TORCH_DIR) or filename.startswith(_SURGEON_DIR) or filename.startswith("<")
+
+
+def user_source(depth: int = 1) -> str:
+    """"file:line" of the innermost caller frame outside torch and surgeon: the user's line."""
+    f = sys._getframe(depth)
+    while f is not None:
+        if not is_library_file(f.f_code.co_filename):
+            return f"{f.f_code.co_filename}:{f.f_lineno}"
+        f = f.f_back
+    return ""
 
 
 class RecordFailure(RuntimeError):
@@ -196,27 +212,17 @@ class _Recorder(TorchFunctionMode):
 
     # ------------------------------------------------------------------------------ provenance
     def note_source(self, node: fx.Node) -> None:
-        """``node.meta["source"]``: the innermost frame outside torch and surgeon (the user's line)."""
-        f = sys._getframe(1)
-        while f is not None:
-            fn = f.f_code.co_filename
-            if not (fn.startswith(_TORCH_DIR) or fn.startswith(_SURGEON_DIR) or fn.startswith("<")):
-                node.meta["source"] = f"{fn}:{f.f_lineno}"
-                return
-            f = f.f_back
+        """``node.meta["source"]``: the user's line that made the node."""
+        source = user_source(2)
+        if source:
+            node.meta["source"] = source
 
     def note_value_read(self, how: str) -> None:
         """Python read a computed tensor's *value* (``if x.sum() > 0``, ``x.item()``): the recorded
         graph is the path this example took."""
-        f = sys._getframe(1)
-        while f is not None:
-            fn = f.f_code.co_filename
-            if not (fn.startswith(_TORCH_DIR) or fn.startswith(_SURGEON_DIR) or fn.startswith("<")):
-                where = f"{fn}:{f.f_lineno}"
-                if where not in self.value_reads:
-                    self.value_reads.append(where)
-                return
-            f = f.f_back
+        where = user_source(2)
+        if where and where not in self.value_reads:
+            self.value_reads.append(where)
 
     def _bind(self, t: torch.Tensor, node: fx.Node) -> None:
         self.node_of[id(t)] = node
@@ -405,9 +411,14 @@ def _module_calls(rec: _Recorder) -> Iterator[None]:
         nn.Module._call_impl = original  # type: ignore[method-assign]
 
 
-def _user_frame(exc: BaseException) -> str:
-    frames = [f for f in __import__("traceback").extract_tb(exc.__traceback__)
-              if not (f.filename.startswith(_TORCH_DIR) or f.filename.startswith(_SURGEON_DIR))]
+def user_frames(exc: BaseException) -> list[traceback.FrameSummary]:
+    """The traceback's frames in the user's code (outside torch and surgeon)."""
+    return [f for f in traceback.extract_tb(exc.__traceback__) if not is_library_file(f.filename)]
+
+
+def failing_user_frame(exc: BaseException) -> str:
+    """"file:line (code)" of the innermost traceback frame outside torch and surgeon."""
+    frames = user_frames(exc)
     if not frames:
         return ""
     f = frames[-1]
@@ -443,7 +454,7 @@ def record(model: nn.Module, args: tuple, kwargs: dict,
         with _module_calls(rec), rec:
             out = model(*args, **kwargs)
     except Exception as e:
-        raise RecordFailure(f"{type(e).__name__}: {e}", _user_frame(e)) from e
+        raise RecordFailure(f"{type(e).__name__}: {e}", failing_user_frame(e)) from e
     finally:
         _active = None
     rec.graph.output(tuple(rec.tensor_node(t) for t in flatten_tensors(out)))

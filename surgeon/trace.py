@@ -6,10 +6,6 @@ We need two things from the user's model before we can reason about channels: th
 """
 from __future__ import annotations
 
-import os
-import re
-import sys
-import traceback
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +19,7 @@ from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from .errors import TraceFailure, ValueDependentWarning
+from .record import failing_user_frame, user_frames, user_source
 
 __all__ = ["Traced", "trace_fx", "node_source", "node_module", "as_input_tuple", "as_example_inputs", "ExampleInputs", "eval_mode",
            "TRACERS"]
@@ -115,13 +112,9 @@ class _Tracer(fx.Tracer):
     def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
         """Also notes the user's source line (cheaper than fx's ``record_stack_traces``)."""
         node = super().create_node(*args, **kwargs)
-        f = sys._getframe(1)
-        while f is not None:
-            fn = f.f_code.co_filename
-            if not (fn.startswith(_TORCH_DIR) or fn.startswith(_SURGEON_DIR) or fn.startswith("<")):
-                node.meta["source"] = f"{fn}:{f.f_lineno}"
-                break
-            f = f.f_back
+        source = user_source(2)
+        if source:
+            node.meta["source"] = source
         return node
 
     def create_arg(self, a: Any) -> Any:
@@ -239,32 +232,17 @@ class _ShapeRecorder(fx.Interpreter):
         return result
 
 
-_SURGEON_DIR = os.path.dirname(os.path.abspath(__file__))
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 
 
 def _user_frame(exc: BaseException) -> str:
-    """The innermost frame of the traceback outside torch and surgeon: where the user's code failed."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not (f.filename.startswith(_TORCH_DIR) or f.filename.startswith(_SURGEON_DIR))]
-    if not frames:
-        return ""
-    f = frames[-1]
-    return f" at {f.filename}:{f.lineno} ({(f.line or '').strip()})"
-
-
-_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+    """" at file:line (code)" where the user's code failed, or ""."""
+    where = failing_user_frame(exc)
+    return f" at {where}" if where else ""
 
 
 def node_source(node: fx.Node) -> str:
-    """"file:line" of the user's code that made ``node`` (either tracer), or ""."""
-    if "source" in node.meta:
-        return node.meta["source"]
-    frames = _FRAME.findall(node.meta.get("stack_trace") or "")
-    user = [f"{f}:{n}" for f, n in frames if not (f.startswith(_TORCH_DIR) or f.startswith(_SURGEON_DIR))]
-    source = user[-1] if user else ""
-    node.meta["source"] = source
-    return source
+    """"file:line" of the user's code that made ``node`` (either tracer notes it), or ""."""
+    return node.meta.get("source", "")
 
 
 def node_module(node: fx.Node) -> str | None:
@@ -280,8 +258,7 @@ def node_module(node: fx.Node) -> str | None:
 
 def _in_root_forward(model: nn.Module, exc: BaseException) -> bool:
     """Did the failing user frame run in the root module's own forward (where a leaf cannot help)?"""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not (f.filename.startswith(_TORCH_DIR) or f.filename.startswith(_SURGEON_DIR))]
+    frames = user_frames(exc)
     code = getattr(type(model).forward, "__code__", None)
     return bool(frames) and code is not None and frames[-1].filename == code.co_filename and (
         frames[-1].name == code.co_name and code.co_firstlineno <= (frames[-1].lineno or 0))
