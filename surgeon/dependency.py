@@ -9,7 +9,7 @@ import networkx as nx
 from torch import nn
 
 from .graph import build_graph
-from .groups import Group, find_groups
+from .groups import Group, check_sizes, find_groups
 from .indexmap import Pos
 from .trace import Traced, trace_fx
 
@@ -81,6 +81,7 @@ def trace(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = (
     """
     traced = trace_fx(model, example_inputs, leaf_modules, method=tracer)
     g = build_graph(traced, keep_outputs)
+    check_sizes(g)
     groups = find_groups(g)
     notes = []
     for gr in groups:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence, Union
 
+import operator
+
 import networkx as nx
 import numpy as np
 import torch
@@ -164,6 +166,13 @@ class RuleContext:
         qual, name = size_arg.meta["attr"]
         self._b.g.graph.setdefault("attr_syncs", []).append((qual, name, pos))
 
+    def size_from(self, size_arg: Any, pos: Pos) -> None:
+        """``size_arg`` (an fx node computed at run time) sizes ``pos``: it must be read off a tensor
+        dim that shrinks with ``pos`` (checked once the groups are known, ``groups.check_sizes``)."""
+        sources = size_sources(size_arg, self._b)
+        where = f"{self.op_name} (node {self.node.name}" + (f", {self.source})" if self.source else ")")
+        self._b.g.graph.setdefault("size_deps", []).append((sources, pos, where))
+
     def sync_heads(self, old_heads: int, old_width: int, pos: Pos, width_per_head: int) -> None:
         """A head split sized the head count at run time (``view(b, n, -1, self.head_dim)``): the
         module that made it keeps head-count / all-heads-width attributes
@@ -196,6 +205,48 @@ class RuleContext:
     def unused_input(self, ref: Ref) -> None:
         """Declare that the op does not read ``ref`` (``outputs[1]`` does not read outputs[0])."""
         self.unused.add(ref)
+
+
+_SIZE_ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.mod,
+                    operator.neg}
+
+
+def size_sources(v: Any, builder: "_Builder") -> list[Pos] | None:
+    """The tensor dims an int computed at run time was read from (``x.size(1) // 2`` -> [x dim 1]),
+    through either tracer's size reads and int arithmetic; None when its origin is unknown."""
+    out: list[Pos] = []
+    stack = [v]
+    while stack:
+        n = stack.pop()
+        if not isinstance(n, fx.Node) or "attr" in n.meta:
+            continue  # a literal or a module attribute: not a tensor size
+        if n.op == "call_function" and n.target in _SIZE_ARITHMETIC:
+            stack += list(n.args)
+            continue
+        src, dims = None, None
+        if n.op == "call_method" and n.target == "size" and len(n.args) > 1:
+            src, dims = n.args[0], [n.args[1]]
+        elif n.op == "call_method" and n.target == "numel":
+            src = n.args[0]
+        elif n.op == "call_function" and n.target is operator.getitem and isinstance(n.args[0], fx.Node):
+            base = n.args[0]
+            whole = (base.op == "call_method" and base.target == "size" and len(base.args) == 1) or (
+                base.op == "call_function" and base.target is getattr and base.args[1:] == ("shape",))
+            if not whole:
+                return None
+            src, dims = base.args[0], [n.args[1]] if isinstance(n.args[1], int) else None
+            if dims is None:
+                return None
+        else:
+            return None
+        meta = src.meta.get("tensor_meta") if isinstance(src, fx.Node) else None
+        if not isinstance(meta, TensorMetadata):
+            return None
+        nd = len(meta.shape)
+        for d in (range(nd) if dims is None else [int(d) for d in dims]):
+            pos = Pos("t", src.name, d % nd)
+            out.append(pos)
+    return out
 
 
 class _Builder:

@@ -108,6 +108,32 @@ def _channels(g: nx.DiGraph, positions: list[Pos]) -> tuple[int, dict[Pos, np.nd
     return len(first), {p: labels[offset[p]:offset[p] + g.nodes[p]["size"]] for p in positions}
 
 
+def check_sizes(g: nx.DiGraph) -> None:
+    """A size computed at run time (``rules.size_kind`` "free") follows the cut only if it is read
+    off a tensor dim in the same coupled group as the dim it sizes: ``b.view(n, a.size(1), -1)``
+    with ``a`` in another group, or Swin's ``qkv.reshape(..., C // num_heads)`` with ``C`` the
+    residual width, would break (or silently reshape wrongly) after a cut. Both dims are fixed then."""
+    deps = g.graph.get("size_deps", [])
+    if not deps:
+        return
+    comp: dict[Pos, int] = {}
+    for i, c in enumerate(nx.weakly_connected_components(g)):
+        for p in c:
+            comp[p] = i
+    for sources, target, where in deps:
+        if target not in comp:
+            continue
+        ok = sources is not None and all(s in comp and comp[s] == comp[target] for s in sources)
+        if ok:
+            continue
+        origin = "of unknown origin" if sources is None else "read off another tensor's size"
+        why = Fixed(f"size {origin} in {where}", where.split("node ")[-1].split(",")[0].rstrip(")"),
+                    unsupported=True)
+        for p in [target] + [s for s in (sources or []) if s in comp]:
+            if why not in g.nodes[p]["fixed"]:
+                g.nodes[p]["fixed"].append(why)
+
+
 def find_groups(g: nx.DiGraph) -> list[Group]:
     """Every connected component of ``g`` that holds parameters, as a Group."""
     groups: list[Group] = []

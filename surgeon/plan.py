@@ -18,7 +18,7 @@ from .cost import CostModel, Footprint, cost_model
 from .criteria import (Criterion, accumulate_gradients, bind_criterion, check_reduction, check_side,
                        get_criterion, is_input_side, member_filter, needs_data)
 from .dependency import ChannelGraph, FrozenGroupWarning, trace
-from .errors import NothingToPrune, SurgeryError
+from .errors import NothingToPrune, SurgeryError, TraceFailure
 from .graph import iter_module_calls, layer_positions
 from .groups import Group
 from .indexmap import Pos
@@ -206,7 +206,7 @@ class Plan:
                 self._apply_once(verify)
                 break
             except SurgeryError as e:
-                if not self._freeze_mismatched(e):
+                if not (self._freeze_mismatched(e) or self._freeze_breaking(e)):
                     raise
         self.applied = True
         return self.model
@@ -221,6 +221,42 @@ class Plan:
                 assert_equivalent(reference, self.model, self.graph.traced.inputs,
                                   outputs=self.graph.keep_outputs)
         apply_removal(self.graph, self.removed_positions(), self.graph.traced.inputs, check)
+
+    def _freeze_breaking(self, e: SurgeryError) -> bool:
+        """The pruned model's forward raised (a size in the code that did not follow the cut, seen
+        only at run time): find the first cut that breaks it by bisection over dry runs (each one
+        restored), keep that group whole with a warning, and let ``apply`` retry the rest."""
+        if not isinstance(e.__cause__, TraceFailure):
+            return False
+        cuts = [c for c in self.cuts if len(c.remove)]
+
+        def breaks(subset: list[GroupCut]) -> bool:
+            removed: dict[Pos, np.ndarray] = {}
+            for c in subset:
+                removed.update(c.group.removed_indices(c.remove))
+            try:
+                apply_removal(self.graph, removed, self.graph.traced.inputs, _dry_run)
+            except SurgeryError as err:
+                return not isinstance(err.__cause__, _DryRun)
+            return False  # not reached: the dry run always rolls back
+
+        lo, hi = 1, len(cuts)  # smallest prefix that breaks: cuts[hi - 1] is the culprit
+        if not cuts or not breaks(cuts):
+            return False
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if breaks(cuts[:mid]):
+                hi = mid
+            else:
+                lo = mid + 1
+        bad = cuts[hi - 1]
+        warnings.warn(f"group {bad.group.id} ({', '.join(bad.group.layers[:3])}) is kept whole: after the cut "
+                      f"the model's own forward failed ({e.__cause__})", FrozenGroupWarning, stacklevel=4)
+        self.skipped[bad.group.id] = "the model's forward failed after this cut"
+        self.cuts = [c for c in self.cuts if c is not bad]
+        if self._cost is not None:
+            self.after = self._cost.footprint(removed_counts(self.cuts))
+        return True
 
     def _freeze_mismatched(self, e: SurgeryError) -> bool:
         """Drop the cuts of the groups whose tensors came out of the wrong size; False if none."""
@@ -247,6 +283,14 @@ class Plan:
         if self._cost is not None:
             self.after = self._cost.footprint(removed_counts(self.cuts))
         return True
+
+
+class _DryRun(Exception):
+    """Raised after a trial surgery succeeded, so that it is rolled back."""
+
+
+def _dry_run() -> None:
+    raise _DryRun()
 
 
 def _request(ratio: Any, scope: Any, round_to: Any, max_layer_ratio: Any, target_macs: Any,

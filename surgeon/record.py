@@ -43,11 +43,12 @@ __all__ = ["SizeInt", "record", "user_source", "user_frames", "failing_user_fram
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 _SURGEON_DIR = os.path.dirname(os.path.abspath(__file__))
+_LIBRARY_DIRS = (_TORCH_DIR + os.sep, _SURGEON_DIR + os.sep)  # the separator: not torchvision/
 
 
 def is_library_file(filename: str) -> bool:
     """A frame of torch or surgeon itself (never the place to point a user at)."""
-    return filename.startswith(_TORCH_DIR) or filename.startswith(_SURGEON_DIR) or filename.startswith("<")
+    return filename.startswith(_LIBRARY_DIRS) or filename.startswith("<")
 
 
 def user_source(depth: int = 1) -> str:

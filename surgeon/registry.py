@@ -119,7 +119,7 @@ for _f, _r in [
     # attention (attention.py)
     (F.scaled_dot_product_attention, attention.sdpa), (operator.matmul, attention.matmul),
     (torch.matmul, attention.matmul), (torch.bmm, attention.matmul),
-    (torch.stack, rules.stack), (torch.unbind, rules.unbind), (F.pixel_shuffle, rules.pixel_shuffle),
+    (torch.stack, rules.stack), (torch.unbind, rules.unbind), (torch.roll, rules.roll), (F.pixel_shuffle, rules.pixel_shuffle),
     (F.pixel_unshuffle, rules.pixel_unshuffle), (torch.pixel_shuffle, rules.pixel_shuffle),
     (torch.pixel_unshuffle, rules.pixel_unshuffle), (F.channel_shuffle, rules.channel_shuffle),
     (torch.channel_shuffle, rules.channel_shuffle), (torch.native_channel_shuffle, rules.channel_shuffle),

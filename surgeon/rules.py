@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "elementwise", "channelwise", "pad", "reduce", "along_dim", "flatten", "reshape", "view",
     "permute", "transpose", "cat", "split", "chunk", "getitem", "layer_norm", "shape_only", "stack",
-    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "constant", "size_kind", "unbind", "expand", "int_value", "call_arg", "like_first",
+    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "constant", "size_kind", "unbind", "expand", "int_value", "call_arg", "like_first", "roll",
 ]
 
 
@@ -73,14 +73,18 @@ def channelwise(ctx: "RuleContext") -> None:
 
 
 def pad(ctx: "RuleContext") -> None:
-    """F.pad pads the last len(pad)//2 dims; the others pass through."""
+    """F.pad pads the last len(pad)//2 dims; the others pass through, and so does a padded dim
+    whose two amounts are 0 (Swin pads (0, 0, 0, pad_r, 0, pad_b): the channels are untouched)."""
     x = ctx.tensor_inputs()[0]
     s = ctx.shape(x)
     amounts = call_arg(ctx.node, 1, "pad", ())
     if not isinstance(amounts, (tuple, list)):
         return  # computed at run time: keep everything fixed
     padded = len(amounts) // 2
-    for d in range(len(s) - padded):
+    for d in range(len(s)):
+        k = len(s) - 1 - d  # pairs run from the last dim backwards
+        if k < padded and not (int_value(amounts[2 * k]) == 0 and int_value(amounts[2 * k + 1]) == 0):
+            continue
         ctx.same(ctx.t(x, d), ctx.t(ctx.node, d))
 
 
@@ -232,6 +236,8 @@ def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None) -> None:
                        else IndexMap.identity(s[ins[0]]))
             if kind == "attr":
                 ctx.sync_attr(requested(o), ctx.t(ctx.node, o))
+            elif isinstance(requested(o), fx.Node):
+                ctx.size_from(requested(o), ctx.t(ctx.node, o))
         elif len(ins) == 1:
             kinds = [size_kind(requested(o)) for o in outs]
             free = [i for i, k in enumerate(kinds) if k == "free"]
@@ -254,6 +260,8 @@ def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None) -> None:
             src = np.arange(n)
             ctx.couple(ctx.t(x, ins[0]), ctx.t(ctx.node, outs[f]),
                        IndexMap(f"split /{inner} %{out[outs[f]]}", src, (src // inner) % out[outs[f]]))
+            if isinstance(requested(outs[f]), fx.Node) and kinds[f] == "free":
+                ctx.size_from(requested(outs[f]), ctx.t(ctx.node, outs[f]))
             if kinds[f] == "attr":
                 ctx.sync_attr(requested(outs[f]), ctx.t(ctx.node, outs[f]))
             elif f < len(outs) - 1:  # whole blocks (heads) counted at run time
@@ -400,6 +408,20 @@ def unbind(ctx: "RuleContext") -> None:
                 ctx.same(ctx.t(x, d), ctx.t((ctx.node, k), d if d < dim else d - 1))
 
 
+def roll(ctx: "RuleContext") -> None:
+    """torch.roll(x, shifts, dims): rolled dims are permuted (fixed); the others pass through."""
+    x = ctx.tensor_inputs()[0]
+    n = len(ctx.shape(x))
+    dims = call_arg(ctx.node, 2, "dims")
+    dims = [dims] if isinstance(dims, int) else dims
+    if not isinstance(dims, (list, tuple)) or not all(isinstance(int_value(d), int) for d in dims):
+        return  # no dims: a flattened roll, everything fixed
+    rolled = {int_value(d) % n for d in dims}
+    for d in range(n):
+        if d not in rolled:
+            ctx.same(ctx.t(x, d), ctx.t(ctx.node, d))
+
+
 def stack(ctx: "RuleContext") -> None:
     """torch.stack(tensors, dim): a new dim of size len(tensors) (fixed); every input's dim d is the
     output's dim d (before the new one) or d + 1 (after it)."""
@@ -474,6 +496,13 @@ def getitem(ctx: "RuleContext") -> None:
             for ref in ctx.tensor_inputs():
                 if ref != (src, index % ctx.tuple_len(src)):
                     ctx.unused_input(ref)
+        return
+    if isinstance(index, fx.Node) and isinstance(index.meta.get("tensor_meta"), TensorMetadata):
+        # x[idx] with an index tensor (a lookup table, Swin's relative position bias): dim 0 is
+        # gathered (fixed); dims 1.. follow the index's dims unchanged
+        k = len(ctx.shape(index))
+        for d in range(1, len(ctx.shape(src))):
+            ctx.same(ctx.t(src, d), ctx.t(ctx.node, k + d - 1))
         return
     items = index if isinstance(index, tuple) else (index,)
     ok = all(isinstance(i, (slice, int)) or i is Ellipsis or i is None for i in items)

@@ -195,10 +195,10 @@ def test_failed_prune_leaves_a_concretely_traced_model_unchanged():
     assert m.cv1.out_channels == 32
 
 
-def test_a_size_that_does_not_follow_the_cut_keeps_its_group_whole():
+def test_a_size_read_off_another_tensor_freezes_both_groups():
     class Borrowed(nn.Module):
-        """b.view(n, a.size(1), -1): a size read off *another* tensor, which the rules take as b's
-        own; the pruned model's own forward proves otherwise, and b's group is kept whole."""
+        """b.view(n, a.size(1), -1): a size read off *another* tensor (another group) cannot be
+        trusted to follow b's cut: both groups stay, with the reason and the line."""
 
         def __init__(self):
             super().__init__()
@@ -211,14 +211,41 @@ def test_a_size_that_does_not_follow_the_cut_keeps_its_group_whole():
             return self.fc(y.flatten(1)) + self.fa(a.mean((2, 3)))
 
     m = Borrowed().eval()
-    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(surgeon.FrozenGroupWarning, match=r"read off another tensor's size in \.view .*test_record\.py"):
+        graph = surgeon.trace(m, torch.randn(2, 3, 8, 8))
+    for layer in ("a", "b"):
+        assert not any(g.prunable for g in graph.groups if layer in g.layers)
+
+
+def test_a_size_that_does_not_follow_the_cut_keeps_its_group_whole():
+    class CatView(nn.Module):
+        """cat([a, b]).view(n, a.size(1) * 2, -1): right only while a and b keep equal widths. The
+        pruned model's own forward proves otherwise, and the group is kept whole."""
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = nn.Linear(16 * 16, 3)
+
+        def forward(self, x):
+            a = self.a(x)
+            y = torch.cat([a, self.b(x)], 1)
+            return self.fc(y.view(y.shape[0], a.shape[1] * 2, -1).flatten(1))
+
+    def a_first(group, tensors):  # a's channels score lowest: a loses more than b
+        import numpy as np
+        scores = np.ones(group.n)
+        scores[group.channel_of[surgeon.Pos("p", "a.weight", 0)]] = 0.0
+        return scores
+
+    m = CatView().eval()
+    x = torch.randn(2, 3, 4, 4)
     want = m(x)
-    plan = surgeon.plan(m, x, ratio=0.5, ignore=[m.a])
-    assert any("b" in c.group.layers for c in plan.cuts if len(c.remove))
+    plan = surgeon.plan(m, x, ratio=0.25, criterion=a_first)
+    assert any("a" in c.group.layers for c in plan.cuts if len(c.remove))
     with pytest.warns(surgeon.FrozenGroupWarning, match=r"kept whole: after the cut.*node view.*test_record\.py"):
         plan.apply(verify=True)
-    assert m.b.out_channels == 8 and torch.allclose(m(x), want)
-    assert not any("b" in c.group.layers for c in plan.cuts)
+    assert m.a.out_channels == 8 and torch.allclose(m(x), want)
 
 
 def test_user_leaf_that_caches_tensors_runs_for_real_and_is_restored():
@@ -247,3 +274,37 @@ def test_user_leaf_that_caches_tensors_runs_for_real_and_is_restored():
     graph = surgeon.trace(m, IMG, leaf_modules=[m.head])
     assert graph.traced.method == "fx" and m.head.anchors is None
     assert m(IMG).device.type == "cpu" and m.head.anchors.device.type == "cpu"
+
+
+def test_a_cut_that_breaks_the_forward_is_found_and_kept_whole():
+    class CatSplit(nn.Module):
+        """cat([a, b]).view(n, a.size(1) * 2, h, w): needs equal widths; after an unequal cut the
+        forward raises. The breaking group is found by bisection and kept whole."""
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+            self.c, self.d, self.fc = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 3, 1), nn.Linear(16, 3)
+
+        def forward(self, x):
+            a = self.a(x)
+            y = torch.cat([a, self.b(x)], 1)
+            y = y.view(y.shape[0], a.shape[1] * 2, y.shape[2], y.shape[3])
+            return self.fc(y.mean((2, 3))) + self.d(self.c(x)).mean((2, 3))
+
+    def a_first(group, tensors):
+        import numpy as np
+        scores = np.arange(group.n, dtype=float)
+        pos = surgeon.Pos("p", "a.weight", 0)
+        if pos in group.channel_of:
+            scores[group.channel_of[pos]] = -1.0
+        return scores
+
+    m = CatSplit().eval()
+    x = torch.randn(2, 3, 4, 4)
+    want = m(x)
+    plan = surgeon.plan(m, x, ratio=0.25, criterion=a_first)
+    with pytest.warns(surgeon.FrozenGroupWarning, match=r"kept whole: after the cut the model's own forward failed"):
+        plan.apply()
+    assert m.a.out_channels == 8 and m.c.out_channels < 6  # the breaking group stays, the other is cut
+    assert m(x).shape == want.shape

@@ -232,14 +232,14 @@ class ChannelMean(nn.Module):
 
 
 class Unknown(nn.Module):
-    """an op the registry does not know (torch.roll along channels) freezes its channels."""
+    """an op the registry does not know (torch.cumsum along channels) freezes its channels."""
 
     def __init__(self):
         super().__init__()
         self.a, self.b, self.c = cbr(3, 8), cbr(8, 8), nn.Conv2d(8, 2, 1)
 
     def forward(self, x):
-        return self.c(torch.roll(self.b(self.a(x)), 1, dims=1))
+        return self.c(torch.cumsum(self.b(self.a(x)), 1))
 
 
 X = torch.randn(2, 3, 8, 8)
@@ -311,7 +311,7 @@ def test_concat_offsets(check):
 
 @pytest.mark.parametrize("model, op", [
     (FlattenLinear("hard"), "hard-coded size 32"), (Split(), "hard-coded split sizes"),
-    (ChannelMean(), "reduced over by .mean"), (Unknown(), "unsupported op torch.roll"),
+    (ChannelMean(), "reduced over by .mean"), (Unknown(), "unsupported op torch.cumsum"),
 ])
 def test_frozen_with_warning_naming_the_op(model, op):
     with pytest.warns(FrozenGroupWarning, match=op):
