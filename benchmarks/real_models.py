@@ -80,11 +80,21 @@ def _timm(name: str) -> Callable[[], tuple[nn.Module, Any]]:
 
 
 MODELS: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
-    "yolov8n": _yolo("yolov8n.yaml"), "yolov8n-cls": _yolo("yolov8n-cls.yaml"), "yolo11n": _yolo("yolo11n.yaml"),
+    "yolov8n": _yolo("yolov8n.yaml"), "yolov8n:keep_outputs=0": _yolo("yolov8n.yaml"),
+    "yolov8n-cls": _yolo("yolov8n-cls.yaml"), "yolo11n": _yolo("yolo11n.yaml"),
+    "yolo11n:keep_outputs=0": _yolo("yolo11n.yaml"),
     "smp_unet_resnet34": _smp("Unet", "resnet34"), "smp_fpn_mobilenet_v2": _smp("FPN", "mobilenet_v2"),
     "hf_resnet": _hf("resnet"), "hf_vit": _hf("vit"), "hf_bert": _hf("bert"),
-    "vit_b_16": _tv("vit_b_16"), "shufflenet_v2_x1_0": _tv("shufflenet_v2_x1_0"), "swin_t": _tv("swin_t"),
+    "vit_b_16": _tv("vit_b_16"), "shufflenet_v2_x1_0": _tv("shufflenet_v2_x1_0"),
 }
+
+
+def plan_options(name: str) -> dict[str, Any]:
+    """``name:keep_outputs=0`` runs the model with that plan option (the detections are kept, the
+    head's auxiliary feature-map outputs may shrink)."""
+    if ":keep_outputs=" in name:
+        return {"keep_outputs": [int(i) for i in name.split("=", 1)[1].split(",")]}
+    return {}
 
 
 def params(m: nn.Module) -> int:
@@ -128,14 +138,15 @@ def run_one(name: str, ratio: float, onnx: bool = True) -> dict[str, Any]:
     except ImportError as e:
         return {"model": name, "status": f"skipped ({e.name} not installed)"}
     model.eval()
-    row["tp_kept"] = torch_pruning_kept(model, x, ratio)
+    row["tp_kept"] = "-" if plan_options(name) else torch_pruning_kept(model, x, ratio)
     p0 = params(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             t = time.perf_counter()
+            opts = plan_options(name)
             exact = copy.deepcopy(model)
-            plan = surgeon.plan(exact, x, ratio=ratio)
+            plan = surgeon.plan(exact, x, ratio=ratio, **opts)
             row["method"] = plan.graph.traced.method
             row["groups"] = f"{len(plan.graph.prunable_groups())}/{len(plan.graph.groups)}"
             plan.cuts = [c for c in plan.cuts if not c.group.mixing]
@@ -144,7 +155,7 @@ def run_one(name: str, ratio: float, onnx: bool = True) -> dict[str, Any]:
                 row["exact"] = "ok"
             else:
                 row["exact"] = "no exactly-zeroable group"
-            plan = surgeon.plan(model, x, ratio=ratio)
+            plan = surgeon.plan(model, x, ratio=ratio, **opts)
             plan.apply()
             row["seconds"] = round(time.perf_counter() - t, 2)
             row["kept"] = round(params(model) / p0, 3)

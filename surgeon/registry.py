@@ -126,7 +126,7 @@ for _f, _r in [
     (constant_tensor, rules.constant),
 ]:
     register_function(_f, _r)
-register_function(getattr, rules.shape_only, shape_only=True)
+register_function(getattr, rules.tensor_attribute)
 register_function(attribute_int, rules.shape_only, shape_only=True)
 
 for _m in ["add", "sub", "mul", "div", "truediv", "add_", "sub_", "mul_", "div_", "relu", "relu_",

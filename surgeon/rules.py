@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "elementwise", "channelwise", "pad", "reduce", "along_dim", "flatten", "reshape", "view",
     "permute", "transpose", "cat", "split", "chunk", "getitem", "layer_norm", "shape_only", "stack",
-    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "constant", "size_kind", "unbind", "expand", "int_value", "call_arg", "like_first", "roll",
+    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "constant", "size_kind", "unbind", "expand", "int_value", "call_arg", "like_first", "roll", "tensor_attribute",
 ]
 
 
@@ -567,6 +567,25 @@ def layer_norm(ctx: "RuleContext") -> None:
         w = call_arg(ctx.node, i, name)
         if isinstance(w, fx.Node):
             ctx.same(last, ctx.t(w, 0))
+
+
+def tensor_attribute(ctx: "RuleContext") -> None:
+    """getattr(x, name): ``x.shape`` / ``x.dtype`` read no channels; ``x.T`` / ``x.mT`` swap the last
+    two dims; ``x.data`` is x; any other tensor attribute is fixed."""
+    x, name = ctx.node.args[0], ctx.node.args[1]
+    if not isinstance(ctx.node.meta.get("tensor_meta"), TensorMetadata):
+        for ref in ctx.tensor_inputs():
+            ctx.unused_input(ref)
+        return
+    n = len(ctx.shape(x))
+    if name == "data":
+        perm = list(range(n))
+    elif name == "mT" or (name == "T" and n == 2):
+        perm = list(range(n - 2)) + [n - 1, n - 2]
+    else:
+        return
+    for i, p in enumerate(perm):
+        ctx.same(ctx.t(x, p), ctx.t(ctx.node, i))
 
 
 def shape_only(ctx: "RuleContext") -> None:

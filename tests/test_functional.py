@@ -118,3 +118,20 @@ def test_stack_and_integer_indexing_and_expand(check):
     m = Mixed()
     check(m, IMG, 0.5)
     assert m.a.out_channels == m.b.out_channels == m.c.in_channels == 4 and m.tok.shape == (1, 4, 1, 1)
+
+
+def test_tensor_attributes_T_and_mT(check):
+    class TokenMix(nn.Module):
+        """x.mT swaps the last two dims (a token-mixing MLP): channels pass through it twice."""
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.mix, self.b = nn.Linear(4, 8), nn.Linear(5, 5), nn.Linear(8, 2)
+
+        def forward(self, x):  # (B, 5 tokens, 4)
+            y = self.a(x)
+            return self.b(self.mix(y.mT).mT + y)
+
+    m = TokenMix()
+    check(m, torch.randn(2, 5, 4), 0.5)
+    assert m.a.out_features == 4 and m.b.in_features == 4 and m.mix.in_features == 5
