@@ -111,6 +111,7 @@ _SHAPE_NAMES = frozenset(
     dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout identity
     getattr zeros ones full empty arange zeros_like ones_like full_like empty_like
     new_zeros new_ones new_full new_empty tensor as_tensor embedding index_select
+    constant_tensor attribute_int type_as
     gather masked_fill""".split()
 )
 _ACTIVATION_NAMES = frozenset(

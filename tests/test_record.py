@@ -52,6 +52,8 @@ def test_both_tracers_find_the_same_groups(name):
     b = surgeon.trace(m, x, tracer="concrete")
     key = lambda g: sorted(g.layers)  # noqa: E731
     assert sorted((key(g), g.n, g.prunable) for g in a.groups) == sorted((key(g), g.n, g.prunable) for g in b.groups)
+    pa, pb = surgeon.plan(m, x, tracer="fx"), surgeon.plan(m, x, tracer="concrete")
+    assert pa.before == pb.before and pa.after == pb.after  # MACs / params counted alike
 
 
 def test_trace_leaves_the_model_exactly_as_it_was():
