@@ -113,6 +113,11 @@ def test_prune_prints_before_after_table(capsys, tmp_path):
     assert "latency" not in out and (tmp_path / "model.onnx").is_file()
 
 
+def test_inspect_with_the_concrete_tracer(capsys):
+    code, out, _ = run(capsys, "inspect", "tinynet", "--tracer", "concrete", "-q")
+    assert code == 0 and "1 prunable" in out
+
+
 def test_prune_to_a_macs_target(capsys, tmp_path):
     code, out, err = run(capsys, "prune", "tinynet", "--target-macs", "0.5", "-o", str(tmp_path), "--no-onnx",
                          "--no-latency", "-q")
@@ -199,6 +204,9 @@ BAD = [
     (["prune", "tinynet", "-o", "{tmp}", "--ignore", "fc"], 1, "nothing prunable"),
     (["prune", "tinynet", "-o", "{tmp}", "--ratio", "0.3", "--target-macs", "0.5"], 1, "not both"),
     (["prune", "tinynet", "-o", "{tmp}", "--target-macs", "0"], 2, "fraction in (0, 1]"),
+    (["prune", "tinynet", "-o", "{tmp}", "--keep-outputs", "x"], 2, "output indices"),
+    (["prune", "tinynet", "-o", "{tmp}", "--keep-outputs", "3"], 1, "keep_outputs lists output 3"),
+    (["inspect", "tinynet", "--tracer", "magic"], 2, "invalid choice"),
     (["bench", "tinynet", "--methods", "dense,foo"], 1, "unknown method(s) foo"),
     (["bench", "tinynet", "--ratios", "0,2"], 2, "outside [0, 1)"),
     (["export", "{tmp}/missing.pt"], 1, "checkpoint not found"),
