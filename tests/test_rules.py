@@ -306,7 +306,8 @@ def test_concat_offsets(check):
     m = Concat()
     plan = check(m, X, 0.5)
     r = plan.removed()
-    assert r["c"]["in"] == sorted(r["a.0"]["out"] + [6 + c for c in r["b.0"]["out"]])
+    none = {"out": []}  # L1 may take every removed channel from one branch
+    assert r["c"]["in"] == sorted(r.get("a.0", none)["out"] + [6 + c for c in r.get("b.0", none)["out"]])
 
 
 @pytest.mark.parametrize("model, op", [
