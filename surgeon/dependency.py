@@ -57,7 +57,9 @@ class ChannelGraph:
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = ["  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rows]
         n_ok = len(self.prunable_groups())
-        lines.append(f"{len(self.groups)} groups, {n_ok} prunable, {len(self.groups) - n_ok} frozen")
+        tracer = "symbolic torch.fx" if self.traced.method == "fx" else "recording the real forward"
+        lines.append(f"{len(self.groups)} groups, {n_ok} prunable, {len(self.groups) - n_ok} frozen "
+                     f"(traced by {tracer})")
         return "\n".join(lines)
 
 

@@ -548,6 +548,8 @@ def expand(ctx: "RuleContext") -> None:
             ctx.fix(ctx.t(x, d), f"hard-coded size {_shown(req)} in {ctx.op_name}", unsupported=True)
         else:
             ctx.same(ctx.t(x, d), ctx.t(node, off + d))
+            if isinstance(req, fx.Node) and size_kind(req) == "free":
+                ctx.size_from(req, ctx.t(node, off + d))
 
 
 def layer_norm(ctx: "RuleContext") -> None:
