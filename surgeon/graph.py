@@ -169,7 +169,11 @@ class RuleContext:
     def size_from(self, size_arg: Any, pos: Pos) -> None:
         """``size_arg`` (an fx node computed at run time) sizes ``pos``: it must be read off a tensor
         dim that shrinks with ``pos`` (checked once the groups are known, ``groups.check_sizes``)."""
-        sources = size_sources(size_arg, self._b)
+        from .rules import SizeOf
+        if isinstance(size_arg, SizeOf):  # a whole shape borrowed: y's dim, made a position
+            sources = [self._b.tensor_pos(size_arg.ref, size_arg.dim)]
+        else:
+            sources = size_sources(size_arg, self._b)
         where = f"{self.op_name} (node {self.node.name}" + (f", {self.source})" if self.source else ")")
         self._b.g.graph.setdefault("size_deps", []).append((sources, pos, where))
 

@@ -143,7 +143,9 @@ for _m, _r in [
     ("log_softmax", rules.along_dim), ("matmul", attention.matmul), ("bmm", attention.matmul),
     ("expand_as", rules.elementwise), ("type_as", rules.like_first), ("to", rules.like_first),
     ("new_full", rules.like_first), ("new_zeros", rules.like_first), ("new_ones", rules.like_first),
-    ("new_empty", rules.like_first), ("new_tensor", rules.like_first), ("unbind", rules.unbind), ("expand", rules.expand),
+    ("new_empty", rules.like_first), ("new_tensor", rules.like_first), ("unbind", rules.unbind),
+    ("expand", rules.expand), ("roll", rules.roll), ("reshape_as", rules.reshape_as),
+    ("view_as", rules.reshape_as),
 ]:
     register_method(_m, _r)
 for _m in ("size", "dim", "numel"):

@@ -8,7 +8,7 @@ says nothing, or calls ``ctx.fix`` with a reason that is shown to the user.
 from __future__ import annotations
 
 import operator
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Sequence
 
 import numpy as np
 import torch.fx as fx
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "elementwise", "channelwise", "pad", "reduce", "along_dim", "flatten", "reshape", "view",
     "permute", "transpose", "cat", "split", "chunk", "getitem", "layer_norm", "shape_only", "stack",
-    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "constant", "size_kind", "unbind", "expand", "int_value", "call_arg", "like_first", "roll", "tensor_attribute",
+    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "constant", "size_kind", "unbind", "expand", "int_value", "call_arg", "like_first", "roll", "tensor_attribute", "reshape_as", "SizeOf",
 ]
 
 
@@ -178,6 +178,13 @@ def _shown(v: Any) -> Any:
     return value if value is not None else v
 
 
+class SizeOf(NamedTuple):
+    """A requested size read off another tensor's dim as a whole shape (``x.reshape_as(y)``)."""
+
+    ref: Any
+    dim: int
+
+
 def size_kind(v: Any) -> str:
     """How a requested size of a view / reshape / split was written.
 
@@ -186,12 +193,14 @@ def size_kind(v: Any) -> str:
     recorded by the concrete tracer): it can follow if the surgery updates the attribute.
     "literal": typed in the code, or arithmetic on attributes only: it stays as it is.
     """
+    if isinstance(v, SizeOf):
+        return "free"
     if isinstance(v, fx.Node):
         return v.meta.get("size_kind", "free")
     return "free" if v == -1 else "literal"
 
 
-def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None) -> None:
+def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None, source: Any = None) -> None:
     """Shared by flatten / view / reshape / squeeze / unsqueeze.
 
     The input and output dims are matched in chunks of equal size products (``_merge_chunks``):
@@ -208,7 +217,7 @@ def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None) -> None:
     that dim is fixed (a warning names it); a size read from a module attribute is recorded for
     the surgery to update (``ctx.sync_attr``).
     """
-    x = ctx.tensor_inputs()[0]
+    x = source if source is not None else ctx.tensor_inputs()[0]
     s, out = ctx.shape(x), ctx.out_shape()
     chunks = _merge_chunks(s, out)
     if chunks is None:
@@ -236,7 +245,7 @@ def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None) -> None:
                        else IndexMap.identity(s[ins[0]]))
             if kind == "attr":
                 ctx.sync_attr(requested(o), ctx.t(ctx.node, o))
-            elif isinstance(requested(o), fx.Node):
+            elif isinstance(requested(o), (fx.Node, SizeOf)):
                 ctx.size_from(requested(o), ctx.t(ctx.node, o))
         elif len(ins) == 1:
             kinds = [size_kind(requested(o)) for o in outs]
@@ -260,7 +269,7 @@ def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None) -> None:
             src = np.arange(n)
             ctx.couple(ctx.t(x, ins[0]), ctx.t(ctx.node, outs[f]),
                        IndexMap(f"split /{inner} %{out[outs[f]]}", src, (src // inner) % out[outs[f]]))
-            if isinstance(requested(outs[f]), fx.Node) and kinds[f] == "free":
+            if isinstance(requested(outs[f]), (fx.Node, SizeOf)) and kinds[f] == "free":
                 ctx.size_from(requested(outs[f]), ctx.t(ctx.node, outs[f]))
             if kinds[f] == "attr":
                 ctx.sync_attr(requested(outs[f]), ctx.t(ctx.node, outs[f]))
@@ -284,6 +293,16 @@ def view(ctx: "RuleContext") -> None:
 
 
 reshape = view
+
+
+def reshape_as(ctx: "RuleContext") -> None:
+    """x.reshape_as(y) / x.view_as(y): a view to y's sizes, each read off y at run time (y is only
+    read for its shape)."""
+    x, y = ctx.node.args[0], ctx.node.args[1]
+    if not isinstance(y, fx.Node) or not isinstance(y.meta.get("tensor_meta"), TensorMetadata):
+        return
+    ctx.unused_input(y)
+    _couple_reshape(ctx, [SizeOf(y, d) for d in range(len(ctx.shape(y)))], source=x)
 
 
 def permute(ctx: "RuleContext") -> None:

@@ -135,3 +135,20 @@ def test_tensor_attributes_T_and_mT(check):
     m = TokenMix()
     check(m, torch.randn(2, 5, 4), 0.5)
     assert m.a.out_features == 4 and m.b.in_features == 4 and m.mix.in_features == 5
+
+
+def test_reshape_as_follows_the_shape_giver(check):
+    class BN1d(nn.Module):
+        """LeViT style: BatchNorm1d over (B*N, C), then reshape_as(x) back to (B, N, C)."""
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.bn, self.b = nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.b(self.bn(y.flatten(0, 1)).reshape_as(y))
+
+    m = BN1d().eval()
+    check(m, torch.randn(2, 5, 4), 0.5)
+    assert m.a.out_features == 4 and m.bn.num_features == 4
