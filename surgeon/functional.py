@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from .indexmap import IndexMap
@@ -78,10 +79,25 @@ def linear(ctx: "RuleContext") -> None:
 
 def batch_norm(ctx: "RuleContext") -> None:
     """F.batch_norm / F.instance_norm(x, running_mean, running_var, weight, bias, ...): one entry of
-    each tensor per channel (dim 1); statistics are per channel, so a cut is exact."""
+    each tensor per channel (dim 1). Statistics computed from the input (batch norm in training
+    mode or without running stats: over every dim but 1; instance norm: over dims 2..) make those
+    dims mixing, so they are fixed: timm's weight standardisation batch-norms a conv weight viewed
+    as (1, out, in*k*k), and removing input channels there would change every filter's statistics."""
     node = ctx.node
     x = node.args[0]
-    _pass_through(ctx, x)
+    n = len(ctx.shape(x))
+    instance = node.target is F.instance_norm
+    running = call_arg(node, 1, "running_mean")
+    from_input = (call_arg(node, 5, "use_input_stats", True) if instance
+                  else call_arg(node, 5, "training", False) or running is None)
+    mixed = set()
+    if from_input is not False:  # True, or decided at run time
+        mixed = set(range(2, n)) if instance else {d for d in range(n) if d != 1}
+    for d in range(n):
+        if d in mixed:
+            ctx.fix(ctx.t(x, d), f"statistics computed over it by {ctx.op_name}")
+        else:
+            ctx.same(ctx.t(x, d), ctx.t(node, d))
     for i, name in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
         t = _tensor(ctx, call_arg(node, i, name))
         if t is not None:

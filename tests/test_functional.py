@@ -152,3 +152,28 @@ def test_reshape_as_follows_the_shape_giver(check):
     m = BN1d().eval()
     check(m, torch.randn(2, 5, 4), 0.5)
     assert m.a.out_features == 4 and m.bn.num_features == 4
+
+
+def test_weight_standardisation_keeps_the_input_channels():
+    class StdConv(nn.Conv2d):
+        """timm's ScaledStdConv2d: the weight is batch-normed as (1, out, in*k*k) in training mode,
+        so every filter's statistics run over its input channels: those must stay."""
+
+        def forward(self, x):
+            w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                             training=True, momentum=0.0, eps=1e-6).reshape_as(self.weight)
+            return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 8, 1), StdConv(8, 8, 3, padding=1), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.c(F.relu(self.b(F.relu(self.a(x)))))
+
+    graph = surgeon.trace(Net(), IMG)
+    g = group_of(graph, "a.weight")  # a's outputs are b's input channels
+    assert not g.prunable
+    assert any("statistics computed over it by F.batch_norm" in f.reason for gr in graph.groups for f in gr.fixed)
+    assert group_of(graph, "b.weight").prunable  # b's filters still go whole
