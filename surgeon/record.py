@@ -27,6 +27,7 @@ import dataclasses
 import inspect
 import operator
 import os
+import re
 import sys
 import traceback
 from contextlib import contextmanager
@@ -368,7 +369,7 @@ def make_attr_node(graph: fx.Graph, v: SizeInt) -> fx.Node:
     """The graph node of an attribute-backed SizeInt (see ``attribute_int``)."""
     qual, name = v.attr
     node = graph.create_node("call_function", attribute_int, (), {},
-                             name=f"attr_{qual.replace('.', '_')}_{name}".strip("_"))
+                             name=re.sub(r"\W", "_", f"attr_{qual}_{name}").strip("_"))
     node.meta["attr"] = (qual, name)
     node.meta["size_kind"] = "attr"
     node.meta["value"] = int(v)
@@ -387,8 +388,14 @@ def attribute_ints(model: nn.Module, known_layer: Callable[[nn.Module], bool] = 
     try:
         for qual, m in modules:
             for k, v in list(vars(m).items()):
-                if type(v) is int and not k.startswith("_"):
+                if k.startswith("_"):
+                    continue
+                if type(v) is int:
                     object.__setattr__(m, k, SizeInt(v, None, "attr", (qual, k)))
+                elif type(v) in (list, tuple) and v and all(type(e) is int for e in v):
+                    # split sizes kept as a list (timm's MixedConv2d ``self.splits``)
+                    object.__setattr__(m, k, type(v)(SizeInt(e, None, "attr", (qual, f"{k}[{i}]"))
+                                                     for i, e in enumerate(v)))
         yield
     finally:
         for m, attrs in saved:

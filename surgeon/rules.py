@@ -383,9 +383,9 @@ def chunk(ctx: "RuleContext") -> None:
 def split(ctx: "RuleContext") -> None:
     """torch.split(x, sizes, dim). Hard-coded sizes would stay after a cut, so the split dim is fixed
     (other dims pass through) unless every size is a module attribute (``x.split((self.c, self.c),
-    1)``, recorded by the concrete tracer): then piece k's element j is input element
-    offset_k + j, pieces sized by the same attribute lose the same local indices (so they stay
-    equal), and the surgery sets each attribute to its piece's new size."""
+    1)``, a list attribute ``self.splits``, or one ``self.width`` for equal pieces): then piece k's
+    element j is input element offset_k + j, pieces sized by the same attribute lose the same
+    local indices (so they stay equal), and the surgery sets each attribute to its piece's new size."""
     x = ctx.tensor_inputs()[0]
     dim = call_arg(ctx.node, 2, "dim", 0)
     if not isinstance(dim, int):
@@ -393,6 +393,10 @@ def split(ctx: "RuleContext") -> None:
     dim %= len(ctx.shape(x))
     _pieces(ctx, dim)
     sizes = call_arg(ctx.node, 1, "split_size_or_sections")
+    raw = ctx.node.args[1] if len(ctx.node.args) > 1 else ctx.node.kwargs.get("split_size_or_sections")
+    if isinstance(raw, fx.Node) and size_kind(raw) == "attr":
+        _equal_pieces(ctx, x, dim, raw)
+        return
     if not (isinstance(sizes, (list, tuple)) and sizes and len(sizes) == ctx.n_outputs()
             and all(size_kind(v) == "attr" for v in sizes)):
         ctx.fix(ctx.t(x, dim), f"hard-coded split sizes in {ctx.op_name}", unsupported=True)
@@ -410,6 +414,22 @@ def split(ctx: "RuleContext") -> None:
             first[key] = k
         ctx.sync_attr(v, piece)
         off += n
+
+
+def _equal_pieces(ctx: "RuleContext", x: Any, dim: int, size: fx.Node) -> None:
+    """x.split(self.width, dim): pieces of one attribute's size (Res2Net). Element j of every piece
+    is one channel (so the pieces stay equal and their number stays), and the attribute follows."""
+    n = ctx.n_outputs()
+    width = ctx.shape((ctx.node, 0))[dim]
+    if any(ctx.shape((ctx.node, k))[dim] != width for k in range(n)):
+        ctx.fix(ctx.t(x, dim), f"uneven split in {ctx.op_name}", unsupported=True)
+        return
+    for k in range(n):
+        piece = ctx.t((ctx.node, k), dim)
+        ctx.couple(piece, ctx.t(x, dim), IndexMap.offset(width, k * width, "split"))
+        if k:
+            ctx.same(ctx.t((ctx.node, 0), dim), piece)
+    ctx.sync_attr(size, ctx.t((ctx.node, 0), dim))
 
 
 def unbind(ctx: "RuleContext") -> None:

@@ -226,7 +226,15 @@ def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs:
                 spec.sync(m, n_in, n_out)
                 synced.add(id(m))
         for (qual, name), value in attr_values.items():
-            object.__setattr__(model.get_submodule(qual) if qual else model, name, value)
+            owner = model.get_submodule(qual) if qual else model
+            base, _, index = name.partition("[")
+            if index:  # an element of a list / tuple attribute: replace the sequence, never edit it
+                seq = getattr(owner, base)
+                items = list(seq)
+                items[int(index[:-1])] = value
+                object.__setattr__(owner, base, type(seq)(items))
+            else:
+                object.__setattr__(owner, name, value)
         bad = check_layers(model, graph.traced)
         if bad:
             raise SurgeryError("layer attributes disagree with their tensors after surgery: " + "; ".join(bad[:5]))

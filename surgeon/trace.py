@@ -215,7 +215,9 @@ class _ShapeRecorder(fx.Interpreter):
     def run_node(self, n: fx.Node) -> Any:
         if "attr" in n.meta:  # a module's int attribute (record.attribute_int): read it now
             qual, name = n.meta["attr"]
-            return int(getattr(self.model.get_submodule(qual) if qual else self.model, name))
+            base, _, index = name.partition("[")  # "splits[1]": an element of a list attribute
+            value = getattr(self.model.get_submodule(qual) if qual else self.model, base)
+            return int(value[int(index[:-1])] if index else value)
         result = super().run_node(n)
         found = False
 

@@ -177,3 +177,28 @@ def test_weight_standardisation_keeps_the_input_channels():
     assert not g.prunable
     assert any("statistics computed over it by F.batch_norm" in f.reason for gr in graph.groups for f in gr.fixed)
     assert group_of(graph, "b.weight").prunable  # b's filters still go whole
+
+
+def test_split_sizes_from_a_list_attribute_and_equal_pieces(check):
+    class Mixed(nn.Module):
+        """timm's MixedConv2d (``split(x, self.splits, 1)``, a list attribute, each piece its own
+        kernel size) and Res2Net (``split(x, self.width, 1)``, equal pieces)."""
+
+        def __init__(self):
+            super().__init__()
+            self.splits, self.width = [4, 12], 4
+            self.a = nn.Conv2d(3, 16, 1)
+            self.k3, self.k5 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(12, 12, 5, padding=2)
+            self.b = nn.Conv2d(16, 16, 1)
+            self.c = nn.Conv2d(16, 2, 1)
+
+        def forward(self, x):
+            p, q = torch.split(self.a(x), self.splits, 1)
+            y = self.b(torch.cat([self.k3(p), self.k5(q)], 1))
+            pieces = torch.split(y, self.width, 1)
+            return self.c(torch.cat([pieces[0]] + [t * 2 for t in pieces[1:]], 1))
+
+    m = Mixed()
+    check(m, IMG, 0.5)
+    assert m.splits == [m.k3.in_channels, m.k5.in_channels] and type(m.splits[0]) is int
+    assert m.width * 4 == m.b.out_channels and type(m.width) is int
