@@ -31,6 +31,9 @@ def call_arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
     read from ``self.dim``, a size) comes back as its value: rules reading dims need the number;
     rules reading *sizes* look at ``node.args`` themselves, where provenance is kept."""
     v = node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
+    if isinstance(v, (tuple, list)):  # dims from a tuple attribute: (1, 2)
+        return type(v)(v.meta["value"] if isinstance(v, fx.Node) and isinstance(v.meta.get("value"), int)
+                       else v for v in v)
     if isinstance(v, fx.Node) and isinstance(v.meta.get("value"), int):
         return v.meta["value"]
     return v
@@ -249,12 +252,19 @@ def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None, source: Any
                 ctx.size_from(requested(o), ctx.t(ctx.node, o))
         elif len(ins) == 1:
             kinds = [size_kind(requested(o)) for o in outs]
-            free = [i for i, k in enumerate(kinds) if k == "free"]
+            computed = [i for i, k in enumerate(kinds) if k == "free" and requested(outs[i]) != -1]
+            inferred = [i for i, k in enumerate(kinds) if requested(outs[i]) == -1]
             attrs = [i for i, k in enumerate(kinds) if k == "attr"]
-            if len(free) == 1:
-                f = free[0]
-            elif not free and attrs:
+            free = computed + inferred
+            # a size computed at run time decides; else a module attribute (the -1, inferred from
+            # the rest, then adapts: reshape(b, n, 3, self.num_heads, -1) prunes whole heads);
+            # else the one -1
+            if len(computed) == 1:
+                f = computed[0]
+            elif not computed and attrs:
                 f = attrs[0]
+            elif not computed and len(inferred) == 1:
+                f = inferred[0]
             else:
                 if free:
                     why = f"{ctx.op_name} splits a dim into several sizes computed at run time"
@@ -392,8 +402,8 @@ def split(ctx: "RuleContext") -> None:
         return
     dim %= len(ctx.shape(x))
     _pieces(ctx, dim)
-    sizes = call_arg(ctx.node, 1, "split_size_or_sections")
     raw = ctx.node.args[1] if len(ctx.node.args) > 1 else ctx.node.kwargs.get("split_size_or_sections")
+    sizes = raw  # sizes keep their provenance (attribute nodes), unlike call_arg's values
     if isinstance(raw, fx.Node) and size_kind(raw) == "attr":
         _equal_pieces(ctx, x, dim, raw)
         return

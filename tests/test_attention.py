@@ -152,3 +152,27 @@ def test_matmul_passes_rows_and_columns_and_fixes_the_summed_dim():
     for name in ("a", "b"):
         g = heads_group(inner, name)
         assert not g.prunable and "summed over in operator.matmul" in g.frozen_reason()
+
+
+class InferredHeadDim(nn.Module):
+    """timm Swin style: qkv.reshape(B, N, 3, self.num_heads, -1): the -1 is inferred from the
+    rest, so whole heads (the attribute) prune and the head dim adapts."""
+
+    def __init__(self, dim: int = 16, heads: int = 4):
+        super().__init__()
+        self.num_heads = heads
+        self.qkv, self.proj, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Linear(dim, 2)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        y = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        return self.out(self.proj(y.transpose(1, 2).reshape(B, N, -1)))
+
+
+def test_inferred_head_dim_prunes_whole_heads(check):
+    m = InferredHeadDim()
+    x = torch.randn(2, 5, 16)
+    assert heads_group(surgeon.trace(m, x), "qkv").n == 4
+    check(m, x, 0.5)
+    assert m.num_heads == 2 and m.qkv.out_features == 24 and m.proj.in_features == 8
