@@ -256,15 +256,13 @@ def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None, source: Any
             inferred = [i for i, k in enumerate(kinds) if requested(outs[i]) == -1]
             attrs = [i for i, k in enumerate(kinds) if k == "attr"]
             free = computed + inferred
-            # a size computed at run time decides; else a module attribute (the -1, inferred from
-            # the rest, then adapts: reshape(b, n, 3, self.num_heads, -1) prunes whole heads);
-            # else the one -1
+            # a size computed at run time decides; else the outermost of the module attributes and
+            # the -1 (inferred from the rest, it adapts either way): whole heads for both
+            # reshape(b, n, 3, self.num_heads, -1) and view(b, n, -1, self.head_dim)
             if len(computed) == 1:
                 f = computed[0]
-            elif not computed and attrs:
-                f = attrs[0]
-            elif not computed and len(inferred) == 1:
-                f = inferred[0]
+            elif not computed and len(inferred) <= 1 and (attrs or inferred):
+                f = min(attrs + inferred)
             else:
                 if free:
                     why = f"{ctx.op_name} splits a dim into several sizes computed at run time"
