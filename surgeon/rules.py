@@ -319,6 +319,7 @@ def permute(ctx: "RuleContext") -> None:
     node = ctx.node
     rest = list(node.args[1:]) or [node.kwargs.get("dims")]
     perm = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+    perm = [int_value(p) for p in perm]  # dims may come from an attribute (torchvision's Permute)
     if not all(isinstance(p, int) for p in perm):
         return
     n = len(ctx.shape(x))
@@ -552,6 +553,7 @@ def getitem(ctx: "RuleContext") -> None:
             ctx.same(ctx.t(src, d), ctx.t(ctx.node, k + d - 1))
         return
     items = index if isinstance(index, tuple) else (index,)
+    items = tuple(int_value(i) if isinstance(i, fx.Node) and int_value(i) is not None else i for i in items)
     ok = all(isinstance(i, (slice, int)) or i is Ellipsis or i is None for i in items)
     if not ok or list(items).count(Ellipsis) > 1:
         return  # tensor (advanced) indexing: fixed

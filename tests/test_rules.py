@@ -378,3 +378,28 @@ def test_layernorm_subclass_with_own_forward_is_synced():
     assert any(g.mixing and g.prunable and g.n == 8 for g in graph.groups)
     surgeon.prune(m, X, 0.5)
     assert m.n.normalized_shape == (4,) and m.n.weight.shape == (4,) and m(X).shape == (2, 2, 8, 8)
+
+
+def test_permute_dims_from_a_list_attribute(check):
+    class Permute(nn.Module):
+        """torchvision's Permute: dims kept in a list attribute (read as attribute ints)."""
+
+        def __init__(self, dims):
+            super().__init__()
+            self.dims = dims
+
+        def forward(self, x):
+            return torch.permute(x, self.dims)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.to_last, self.fc = nn.Conv2d(3, 8, 1), Permute([0, 2, 3, 1]), nn.Linear(8, 8)
+            self.back, self.c = Permute([0, 3, 1, 2]), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.c(self.back(self.fc(self.to_last(self.a(x)))))
+
+    m = Net()
+    check(m, X, 0.5)
+    assert m.a.out_channels == 4 and m.fc.in_features == 4 and m.to_last.dims == [0, 2, 3, 1]
