@@ -19,7 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from .indexmap import IndexMap
-from .rules import call_arg, int_value
+from .args import call_arg, int_value
 
 if TYPE_CHECKING:
     from .graph import RuleContext

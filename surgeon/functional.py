@@ -20,7 +20,7 @@ from torch import nn
 
 from .indexmap import IndexMap
 from .layers import couple_conv
-from .rules import call_arg, int_value
+from .args import call_arg, int_value
 
 if TYPE_CHECKING:
     from .graph import RuleContext

@@ -169,7 +169,7 @@ class RuleContext:
     def size_from(self, size_arg: Any, pos: Pos) -> None:
         """``size_arg`` (an fx node computed at run time) sizes ``pos``: it must be read off a tensor
         dim that shrinks with ``pos`` (checked once the groups are known, ``groups.check_sizes``)."""
-        from .rules import SizeOf
+        from .args import SizeOf
         if isinstance(size_arg, SizeOf):  # a whole shape borrowed: y's dim, made a position
             sources = [self._b.tensor_pos(size_arg.ref, size_arg.dim)]
         else:

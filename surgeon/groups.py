@@ -109,7 +109,7 @@ def _channels(g: nx.DiGraph, positions: list[Pos]) -> tuple[int, dict[Pos, np.nd
 
 
 def check_sizes(g: nx.DiGraph) -> None:
-    """A size computed at run time (``rules.size_kind`` "free") follows the cut only if it is read
+    """A size computed at run time (``args.size_kind`` "free") follows the cut only if it is read
     off a tensor dim in the same coupled group as the dim it sizes: ``b.view(n, a.size(1), -1)``
     with ``a`` in another group, or Swin's ``qkv.reshape(..., C // num_heads)`` with ``C`` the
     residual width, would break (or silently reshape wrongly) after a cut. Both dims are fixed then."""

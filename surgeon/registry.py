@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import attention, functional, rules
+from . import attention, functional, reshape, rules
 from .layers import LAYER_SPECS, LayerSpec
 from .record import attribute_int, constant_tensor
 
@@ -73,10 +73,10 @@ for _t in _ELEMENTWISE_MODULES:
     register_module(_t, rules.elementwise)
 for _t in _CHANNELWISE_MODULES:
     register_module(_t, rules.channelwise)
-register_module(nn.Flatten, rules.flatten)
-register_module(nn.PixelShuffle, lambda ctx: rules.pixel_shuffle(ctx, ctx.module.upscale_factor))
-register_module(nn.PixelUnshuffle, lambda ctx: rules.pixel_unshuffle(ctx, ctx.module.downscale_factor))
-register_module(nn.ChannelShuffle, lambda ctx: rules.channel_shuffle(ctx, ctx.module.groups))
+register_module(nn.Flatten, reshape.flatten)
+register_module(nn.PixelShuffle, lambda ctx: reshape.pixel_shuffle(ctx, ctx.module.upscale_factor))
+register_module(nn.PixelUnshuffle, lambda ctx: reshape.pixel_unshuffle(ctx, ctx.module.downscale_factor))
+register_module(nn.ChannelShuffle, lambda ctx: reshape.channel_shuffle(ctx, ctx.module.groups))
 for _t in (nn.Softmax, nn.LogSoftmax, nn.Softmin):
     register_module(_t, lambda ctx: rules.along_dim(ctx, ctx.module.dim))
 
@@ -103,10 +103,10 @@ for _f in _ELEMENTWISE_FUNCTIONS:
 for _f in _CHANNELWISE_FUNCTIONS:
     register_function(_f, rules.channelwise)
 for _f, _r in [
-    (F.pad, rules.pad), (torch.flatten, rules.flatten), (torch.squeeze, rules.flatten),
-    (torch.unsqueeze, rules.flatten), (torch.reshape, rules.view), (torch.permute, rules.permute),
+    (F.pad, rules.pad), (torch.flatten, reshape.flatten), (torch.squeeze, reshape.flatten),
+    (torch.unsqueeze, reshape.flatten), (torch.reshape, reshape.view), (torch.permute, rules.permute),
     (torch.transpose, rules.transpose), (torch.cat, rules.cat), (torch.concat, rules.cat),
-    (torch.concatenate, rules.cat), (torch.split, rules.split), (torch.chunk, rules.chunk),
+    (torch.concatenate, rules.cat), (torch.split, reshape.split), (torch.chunk, reshape.chunk),
     (torch.mean, rules.reduce), (torch.sum, rules.reduce), (torch.amax, rules.reduce),
     (torch.amin, rules.reduce), (torch.std, rules.reduce), (torch.var, rules.reduce),
     (torch.softmax, rules.along_dim), (F.softmax, rules.along_dim), (F.log_softmax, rules.along_dim),
@@ -119,10 +119,10 @@ for _f, _r in [
     # attention (attention.py)
     (F.scaled_dot_product_attention, attention.sdpa), (operator.matmul, attention.matmul),
     (torch.matmul, attention.matmul), (torch.bmm, attention.matmul),
-    (torch.stack, rules.stack), (torch.unbind, rules.unbind), (torch.roll, rules.roll), (F.pixel_shuffle, rules.pixel_shuffle),
-    (F.pixel_unshuffle, rules.pixel_unshuffle), (torch.pixel_shuffle, rules.pixel_shuffle),
-    (torch.pixel_unshuffle, rules.pixel_unshuffle), (F.channel_shuffle, rules.channel_shuffle),
-    (torch.channel_shuffle, rules.channel_shuffle), (torch.native_channel_shuffle, rules.channel_shuffle),
+    (torch.stack, reshape.stack), (torch.unbind, reshape.unbind), (torch.roll, rules.roll), (F.pixel_shuffle, reshape.pixel_shuffle),
+    (F.pixel_unshuffle, reshape.pixel_unshuffle), (torch.pixel_shuffle, reshape.pixel_shuffle),
+    (torch.pixel_unshuffle, reshape.pixel_unshuffle), (F.channel_shuffle, reshape.channel_shuffle),
+    (torch.channel_shuffle, reshape.channel_shuffle), (torch.native_channel_shuffle, reshape.channel_shuffle),
     (constant_tensor, rules.constant),
 ]:
     register_function(_f, _r)
@@ -135,17 +135,17 @@ for _m in ["add", "sub", "mul", "div", "truediv", "add_", "sub_", "mul_", "div_"
            "double", "hardtanh_", "masked_fill", "sin", "cos", "reciprocal"]:
     register_method(_m, rules.elementwise)
 for _m, _r in [
-    ("view", rules.view), ("reshape", rules.view), ("flatten", rules.flatten),
-    ("squeeze", rules.flatten), ("unsqueeze", rules.flatten), ("permute", rules.permute),
-    ("transpose", rules.transpose), ("split", rules.split), ("chunk", rules.chunk),
+    ("view", reshape.view), ("reshape", reshape.view), ("flatten", reshape.flatten),
+    ("squeeze", reshape.flatten), ("unsqueeze", reshape.flatten), ("permute", rules.permute),
+    ("transpose", rules.transpose), ("split", reshape.split), ("chunk", reshape.chunk),
     ("mean", rules.reduce), ("sum", rules.reduce), ("amax", rules.reduce), ("amin", rules.reduce),
     ("std", rules.reduce), ("var", rules.reduce), ("softmax", rules.along_dim),
     ("log_softmax", rules.along_dim), ("matmul", attention.matmul), ("bmm", attention.matmul),
     ("expand_as", rules.elementwise), ("type_as", rules.like_first), ("to", rules.like_first),
     ("new_full", rules.like_first), ("new_zeros", rules.like_first), ("new_ones", rules.like_first),
-    ("new_empty", rules.like_first), ("new_tensor", rules.like_first), ("unbind", rules.unbind),
-    ("expand", rules.expand), ("roll", rules.roll), ("reshape_as", rules.reshape_as),
-    ("view_as", rules.reshape_as),
+    ("new_empty", rules.like_first), ("new_tensor", rules.like_first), ("unbind", reshape.unbind),
+    ("expand", reshape.expand), ("roll", rules.roll), ("reshape_as", reshape.reshape_as),
+    ("view_as", reshape.reshape_as),
 ]:
     register_method(_m, _r)
 for _m in ("size", "dim", "numel"):
