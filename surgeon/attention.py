@@ -19,7 +19,7 @@ import torch.fx as fx
 from torch import nn
 
 from .indexmap import IndexMap
-from .args import call_arg, int_value
+from .args import call_arg
 
 if TYPE_CHECKING:
     from .graph import RuleContext

@@ -53,7 +53,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .trace import ExampleInputs, as_example_inputs
+from .trace import ExampleInputs, as_example_inputs, eval_mode
 
 __all__ = ["Counts", "NodeCount", "count", "format_count"]
 
@@ -401,17 +401,11 @@ def count(model: nn.Module, example_inputs: Any,
     inputs = as_example_inputs(example_inputs)
 
     params = sum(p.numel() for p in model.parameters())  # parameters() dedups shared ones
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            try:
-                rows, method = _count_fx(model, inputs, traced), "fx"
-            except Exception:  # untraceable model: see "Method" in the module docstring
-                rows, method = _count_hooks(model, inputs), "hooks"
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    with eval_mode(model), torch.no_grad():
+        try:
+            rows, method = _count_fx(model, inputs, traced), "fx"
+        except Exception:  # untraceable model: see "Method" in the module docstring
+            rows, method = _count_hooks(model, inputs), "hooks"
     first = inputs.tensors()[0]
     batch = int(first.shape[0]) if first.dim() > 0 else None
     return Counts(sum(r.macs for r in rows), params, rows, method, batch)

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .trace import as_input_tuple
+from .trace import as_input_tuple, eval_mode
 
 __all__ = [
     "OnnxExportError",
@@ -189,19 +189,10 @@ def _check_model(model: Any) -> nn.Module:
 
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run in eval mode and restore every submodule's own flag afterwards.
-
-    Restoring per module (not just ``model.train(was_training)``) matters for
-    models that deliberately keep e.g. frozen BN layers in eval mode.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    """Eval mode (every submodule's own flag restored afterwards, see ``trace.eval_mode``) under
+    ``torch.no_grad``."""
+    with eval_mode(model), torch.no_grad():
+        yield model
 
 
 def _other_batch(inputs: tuple[torch.Tensor, ...], seed: int = 0) -> tuple[torch.Tensor, ...]:

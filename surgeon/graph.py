@@ -23,7 +23,7 @@ from .indexmap import IndexMap, Pos
 from .registry import OpEntry, lookup
 from .trace import Traced, node_module, node_source
 
-__all__ = ["Fixed", "RuleContext", "build_graph", "op_label", "param_paths", "layer_positions"]
+__all__ = ["Fixed", "RuleContext", "build_graph", "op_label", "param_paths", "layer_positions", "is_multi"]
 
 Ref = Union[fx.Node, tuple]  # a node, or (node, k) for the k-th tensor of a tuple output
 
@@ -40,6 +40,12 @@ class Fixed:
 
     def __str__(self) -> str:
         return f"{self.reason} (node {self.node})"
+
+
+def is_multi(meta: Any) -> bool:
+    """``meta`` describes several outputs (a tuple of them): TensorMetadata is itself a NamedTuple,
+    so ``isinstance(meta, tuple)`` alone would take every tensor for a tuple."""
+    return isinstance(meta, (tuple, list)) and not isinstance(meta, TensorMetadata)
 
 
 def op_label(node: fx.Node, module: nn.Module | None = None) -> str:
@@ -84,7 +90,7 @@ class RuleContext:
     def _meta(self, ref: Ref) -> Any:
         node, k = (ref, None) if isinstance(ref, fx.Node) else ref
         m = node.meta.get("tensor_meta")
-        return m[k] if k is not None and not isinstance(m, TensorMetadata) and isinstance(m, (tuple, list)) else m
+        return m[k] if k is not None and is_multi(m) else m
 
     def shape(self, ref: Ref) -> tuple[int, ...]:
         m = self._meta(ref)
@@ -95,11 +101,8 @@ class RuleContext:
         return self.shape(self.node)
 
     def is_tuple(self, ref: Any) -> bool:
-        """The node outputs several tensors (TensorMetadata itself is a NamedTuple: not that)."""
-        if not isinstance(ref, fx.Node):
-            return False
-        m = ref.meta.get("tensor_meta")
-        return isinstance(m, (tuple, list)) and not isinstance(m, TensorMetadata)
+        """The node outputs several tensors (see ``is_multi``)."""
+        return isinstance(ref, fx.Node) and is_multi(ref.meta.get("tensor_meta"))
 
     def tuple_len(self, node: fx.Node) -> int:
         return len(node.meta["tensor_meta"]) if self.is_tuple(node) else 1
@@ -173,7 +176,7 @@ class RuleContext:
         if isinstance(size_arg, SizeOf):  # a whole shape borrowed: y's dim, made a position
             sources = [self._b.tensor_pos(size_arg.ref, size_arg.dim)]
         else:
-            sources = size_sources(size_arg, self._b)
+            sources = size_sources(size_arg)
         where = f"{self.op_name} (node {self.node.name}" + (f", {self.source})" if self.source else ")")
         self._b.g.graph.setdefault("size_deps", []).append((sources, pos, where))
 
@@ -215,7 +218,7 @@ _SIZE_ARITHMETIC = {operator.add, operator.sub, operator.mul, operator.floordiv,
                     operator.neg}
 
 
-def size_sources(v: Any, builder: "_Builder") -> list[Pos] | None:
+def size_sources(v: Any) -> list[Pos] | None:
     """The tensor dims an int computed at run time was read from (``x.size(1) // 2`` -> [x dim 1]),
     through either tracer's size reads and int arithmetic; None when its origin is unknown."""
     out: list[Pos] = []

@@ -39,7 +39,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["SizeInt", "record", "user_source", "user_frames", "failing_user_frame", "is_library_file", "constant_tensor", "attribute_int", "attribute_ints", "make_attr_node",
+__all__ = ["SizeInt", "record", "read_attribute", "write_attribute", "user_source", "user_frames", "failing_user_frame", "is_library_file", "constant_tensor", "attribute_int", "attribute_ints", "make_attr_node",
            "flatten_tensors", "RecordFailure"]
 
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
@@ -363,6 +363,27 @@ class _Recorder(TorchFunctionMode):
         finally:
             self.depth -= 1
         return self.record_call("call_module", name, args, kwargs, result)
+
+
+def read_attribute(model: nn.Module, qual: str, name: str) -> int:
+    """The current value of module ``qual``'s int attribute ``name`` (``"splits[1]"``: an element)."""
+    base, _, index = name.partition("[")
+    value = getattr(model.get_submodule(qual) if qual else model, base)
+    return int(value[int(index[:-1])] if index else value)
+
+
+def write_attribute(model: nn.Module, qual: str, name: str, value: int) -> None:
+    """Set module ``qual``'s int attribute ``name``; an element of a list / tuple attribute replaces
+    the whole sequence (never edits it), so a snapshot of the old one restores it exactly."""
+    owner = model.get_submodule(qual) if qual else model
+    base, _, index = name.partition("[")
+    if index:
+        seq = getattr(owner, base)
+        items = list(seq)
+        items[int(index[:-1])] = value
+        object.__setattr__(owner, base, type(seq)(items))
+    else:
+        object.__setattr__(owner, name, value)
 
 
 def make_attr_node(graph: fx.Graph, v: SizeInt) -> fx.Node:

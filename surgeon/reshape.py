@@ -15,7 +15,7 @@ import numpy as np
 import torch.fx as fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from .args import SizeOf, call_arg, int_value, shown, size_kind
+from .args import SizeOf, call_arg, shown, size_kind
 from .indexmap import IndexMap
 
 if TYPE_CHECKING:
@@ -296,28 +296,26 @@ def stack(ctx: "RuleContext") -> None:
             ctx.same(ctx.t(x, d), ctx.t(ctx.node, d if d < dim else d + 1))
 
 
-def _spatial(ctx: "RuleContext", x: Any) -> None:
+def _pixel_blocks(ctx: "RuleContext", r: Any, deep: Any, shallow: Any, kind: str) -> None:
+    """Channel c of the ``shallow`` side is channels [c*r*r, (c+1)*r*r) of the ``deep`` side; the
+    batch dim passes, the spatial dims are rearranged (fixed)."""
+    if not isinstance(r, int):
+        return
+    x = ctx.tensor_inputs()[0]
     ctx.same(ctx.t(x, 0), ctx.t(ctx.node, 0))
+    ctx.couple(ctx.t(shallow, 1), ctx.t(deep, 1), IndexMap.block(ctx.shape(shallow)[1], r * r, kind))
 
 
 def pixel_shuffle(ctx: "RuleContext", r: Any = None) -> None:
     """(B, C*r*r, H, W) -> (B, C, H*r, W*r): output channel c is input channels [c*r*r, (c+1)*r*r)."""
-    x = ctx.tensor_inputs()[0]
     r = call_arg(ctx.node, 1, "upscale_factor") if r is None else r
-    if not isinstance(r, int):
-        return
-    _spatial(ctx, x)
-    ctx.couple(ctx.t(ctx.node, 1), ctx.t(x, 1), IndexMap.block(ctx.out_shape()[1], r * r, "pixel-shuffle"))
+    _pixel_blocks(ctx, r, deep=ctx.tensor_inputs()[0], shallow=ctx.node, kind="pixel-shuffle")
 
 
 def pixel_unshuffle(ctx: "RuleContext", r: Any = None) -> None:
     """(B, C, H, W) -> (B, C*r*r, H/r, W/r): input channel c becomes output channels [c*r*r, (c+1)*r*r)."""
-    x = ctx.tensor_inputs()[0]
     r = call_arg(ctx.node, 1, "downscale_factor") if r is None else r
-    if not isinstance(r, int):
-        return
-    _spatial(ctx, x)
-    ctx.couple(ctx.t(x, 1), ctx.t(ctx.node, 1), IndexMap.block(ctx.shape(x)[1], r * r, "pixel-unshuffle"))
+    _pixel_blocks(ctx, r, deep=ctx.node, shallow=ctx.tensor_inputs()[0], kind="pixel-unshuffle")
 
 
 def channel_shuffle(ctx: "RuleContext", groups: Any = None) -> None:

@@ -16,8 +16,9 @@ from torch import nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from .errors import SurgeryError
-from .graph import iter_module_calls, layer_positions
+from .graph import is_multi, iter_module_calls, layer_positions
 from .indexmap import Pos
+from .record import write_attribute
 from .registry import layer_spec
 from .trace import Traced, trace_fx
 
@@ -137,7 +138,7 @@ def _shape_check(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs: 
         if meta is None:
             continue
         if k:
-            meta = meta[int(k)] if isinstance(meta, (tuple, list)) and not isinstance(meta, TensorMetadata) else None
+            meta = meta[int(k)] if is_multi(meta) else None
         if meta is None or not isinstance(meta, TensorMetadata):
             continue
         want = graph.size(pos) - len(removed.get(pos, ()))
@@ -226,15 +227,7 @@ def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs:
                 spec.sync(m, n_in, n_out)
                 synced.add(id(m))
         for (qual, name), value in attr_values.items():
-            owner = model.get_submodule(qual) if qual else model
-            base, _, index = name.partition("[")
-            if index:  # an element of a list / tuple attribute: replace the sequence, never edit it
-                seq = getattr(owner, base)
-                items = list(seq)
-                items[int(index[:-1])] = value
-                object.__setattr__(owner, base, type(seq)(items))
-            else:
-                object.__setattr__(owner, name, value)
+            write_attribute(model, qual, name, value)
         bad = check_layers(model, graph.traced)
         if bad:
             raise SurgeryError("layer attributes disagree with their tensors after surgery: " + "; ".join(bad[:5]))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -19,10 +19,10 @@ from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
 from .errors import TraceFailure, ValueDependentWarning
-from .record import failing_user_frame, user_frames, user_source
+from .record import failing_user_frame, read_attribute, user_frames, user_source
 
-__all__ = ["Traced", "trace_fx", "node_source", "node_module", "as_input_tuple", "as_example_inputs", "ExampleInputs", "eval_mode",
-           "TRACERS"]
+__all__ = ["Traced", "trace_fx", "node_source", "node_module", "as_input_tuple", "as_example_inputs",
+           "ExampleInputs", "eval_mode", "TRACERS"]
 
 
 @dataclass(frozen=True)
@@ -215,10 +215,7 @@ class _ShapeRecorder(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         if "attr" in n.meta:  # a module's int attribute (record.attribute_int): read it now
-            qual, name = n.meta["attr"]
-            base, _, index = name.partition("[")  # "splits[1]": an element of a list attribute
-            value = getattr(self.model.get_submodule(qual) if qual else self.model, base)
-            return int(value[int(index[:-1])] if index else value)
+            return read_attribute(self.model, *n.meta["attr"])
         result = super().run_node(n)
         found = False
 
@@ -233,8 +230,6 @@ class _ShapeRecorder(fx.Interpreter):
         if found:
             n.meta["tensor_meta"] = m
         return result
-
-
 
 
 def _user_frame(exc: BaseException) -> str:

@@ -2,8 +2,6 @@
 keyword inputs and nested outputs, and a model left exactly as it was."""
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import torch.nn.functional as F
