@@ -28,8 +28,8 @@ from torch import nn
 
 from .convnext import convnext
 from .densenet import densenet
-from .mobilenet import mobilenet_v2
-from .resnet import resnet18, resnet50, resnet56
+from .mobilenet import mobilenet_v2, mobilenet_v2_32
+from .resnet import resnet18, resnet20, resnet50, resnet56
 from .se_resnet import se_resnet
 from .tinynet import tinynet
 from .unet import unet
@@ -83,6 +83,10 @@ ZOO: dict[str, ZooEntry] = _register(
              "ImageNet ResNet-50 v1.5 (Bottleneck, stride on the 3x3)"),
     ZooEntry("resnet56", resnet56, (1, 3, 32, 32),
              "CIFAR ResNet-56 (16/32/64, 9 BasicBlocks per stage, option-B shortcuts)"),
+    ZooEntry("resnet20", resnet20, (1, 3, 32, 32),
+             "CIFAR ResNet-20 (16/32/64, 3 BasicBlocks per stage): the accuracy benchmark's ResNet"),
+    ZooEntry("mobilenet_v2_32", mobilenet_v2_32, (1, 3, 32, 32),
+             "MobileNetV2 at width 0.5 for 32x32 inputs: the accuracy benchmark's MobileNet"),
     ZooEntry("vgg16_bn", vgg16_bn, (1, 3, 224, 224),
              "VGG-16 with BN; view-flatten into Linear(512*7*7, 4096) head"),
     ZooEntry("mobilenet_v2", mobilenet_v2, (1, 3, 224, 224),

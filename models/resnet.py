@@ -194,6 +194,11 @@ def resnet50(num_classes: int = 1000) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes)
 
 
+def resnet20(num_classes: int = 10, width: int = 16) -> CifarResNet:
+    """CIFAR ResNet-20 (~0.27M params with option-B shortcuts), input (1, 3, 32, 32)."""
+    return CifarResNet(depth=20, num_classes=num_classes, width=width)
+
+
 def resnet56(num_classes: int = 10, width: int = 16) -> CifarResNet:
     """CIFAR ResNet-56 (~0.86M params with option-B shortcuts), input (1, 3, 32, 32)."""
     return CifarResNet(depth=56, num_classes=num_classes, width=width)

@@ -22,6 +22,7 @@ from .groups import Group
 from .indexmap import IndexMap, Pos
 from .mask import mask, remove_masks, sparsity
 from .plan import GroupCut, Plan, plan, prune
+from .planfile import PlanMismatch, load_plan
 from .regularize import bn_l1_penalty, bn_l1_subgradient_
 from .schedule import prune_iteratively
 from .scope import TargetReport
@@ -31,7 +32,7 @@ __all__ = [
     "trace", "plan", "prune", "mask", "remove_masks", "sparsity", "export_onnx", "save", "load",
     "count", "ChannelGraph", "Group", "Plan", "GroupCut", "Pos", "IndexMap", "CRITERIA",
     "TraceFailure", "NothingToPrune", "SurgeryError", "FrozenGroupWarning", "EquivalenceError",
-    "ValueDependentWarning",
+    "ValueDependentWarning", "load_plan", "PlanMismatch",
     "zeroed_reference", "assert_equivalent", "Footprint", "REDUCTIONS", "accumulate_gradients",
     "bn_l1_penalty", "bn_l1_subgradient_", "prune_iteratively", "TargetReport",
 ]

@@ -22,6 +22,7 @@ from .errors import NothingToPrune, SurgeryError, TraceFailure
 from .graph import iter_module_calls, layer_positions
 from .groups import Group
 from .indexmap import Pos
+from .planfile import plan_to_dict, save_plan
 from .scope import SCOPES, Candidate, GroupCut, Request, TargetReport, select
 from .surgery import ShapeMismatch, apply_removal, resolve_tensor
 from .trace import node_source
@@ -167,6 +168,15 @@ class Plan:
             if p.kind == "p" and len(idx) and owner not in result:
                 result[owner] = _functional_cut(self.model, owner, pos)
         return dict(sorted(result.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The decision as JSON-able data (see ``surgeon.planfile``): re-applies to a fresh instance
+        of the same model with ``surgeon.load_plan(model, x, plan.to_dict())``."""
+        return plan_to_dict(self)
+
+    def save(self, path: Any) -> Any:
+        """Write the decision to a readable JSON file; ``surgeon.load_plan(model, x, path)`` reads it."""
+        return save_plan(self, path)
 
     def summary(self) -> str:
         lines = []

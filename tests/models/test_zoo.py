@@ -17,6 +17,8 @@ EXPECTED_OUT: dict[str, tuple[int, ...]] = {
     "resnet18": (1, 1000),
     "resnet50": (1, 1000),
     "resnet56": (1, 10),
+    "resnet20": (1, 10),
+    "mobilenet_v2_32": (1, 10),
     "vgg16_bn": (1, 1000),
     "mobilenet_v2": (1, 1000),
     "densenet": (1, 10),
