@@ -27,6 +27,7 @@ from .regularize import bn_l1_penalty, bn_l1_subgradient_
 from .schedule import prune_iteratively
 from .scope import TargetReport
 from .verify import EquivalenceError, assert_equivalent, zeroed_reference
+from .weights import load_weights
 
 __all__ = [
     "trace", "plan", "prune", "mask", "remove_masks", "sparsity", "export_onnx", "save", "load",
@@ -34,7 +35,7 @@ __all__ = [
     "TraceFailure", "NothingToPrune", "SurgeryError", "FrozenGroupWarning", "EquivalenceError",
     "ValueDependentWarning", "load_plan", "PlanMismatch",
     "zeroed_reference", "assert_equivalent", "Footprint", "REDUCTIONS", "accumulate_gradients",
-    "bn_l1_penalty", "bn_l1_subgradient_", "prune_iteratively", "TargetReport",
+    "bn_l1_penalty", "bn_l1_subgradient_", "prune_iteratively", "TargetReport", "load_weights",
 ]
 
 

@@ -5,9 +5,15 @@
     surgeon bench resnet50 --ratios 0,0.25,0.5,0.75 -o bench/
     surgeon export out/model.pt -o model.onnx
 
-User mistakes (unknown model, bad ratio, unreadable checkpoint...) end with one line on stderr,
-``surgeon <command>: error: ...``, and exit code 2 for bad arguments, 1 for everything else;
-``--traceback`` shows the full stack instead.
+MODEL is built fresh (random init); ``--weights w.pt`` (inspect, prune, bench) loads trained weights
+into it first, a state_dict saved with ``torch.save(model.state_dict(), "w.pt")`` (see
+``surgeon.weights``):
+
+    surgeon prune resnet20 --weights w.pt --ratio 0.5 -o out/
+
+User mistakes (unknown model, bad ratio, unreadable checkpoint, weights that do not fit...) end with
+one line on stderr, ``surgeon <command>: error: ...``, and exit code 2 for bad arguments, 1 for
+everything else; ``--traceback`` shows the full stack instead.
 """
 from __future__ import annotations
 
@@ -123,9 +129,26 @@ def _reported_warnings(verbose: bool) -> Iterator[None]:
 
 
 def _build(args: argparse.Namespace) -> Any:
+    """MODEL built fresh, with --weights loaded into it; a note on stderr when the keys were adjusted."""
     from .resolve import resolve_model
 
-    return resolve_model(args.model, args.input_shape)
+    resolved = resolve_model(args.model, args.input_shape)
+    if args.weights:
+        from .weights import StrippedPrefixWarning, load_weights
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_weights(resolved.model, args.weights, model_name=resolved.spec)
+        for w in caught:
+            if issubclass(w.category, StrippedPrefixWarning):
+                print(f"note: {w.message}", file=sys.stderr)
+            else:  # not ours: on to the command's own warning handling
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return resolved
+
+
+def _weights_note(args: argparse.Namespace) -> str:
+    return f"weights {args.weights}" if args.weights else "random-init weights"
 
 
 def _example(shape: Sequence[int], seed: int = 0) -> Any:
@@ -162,12 +185,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                       "members": layers, "shown": shown})
     n_ok = sum(i["prunable"] for i in items)
     if args.json:
-        print(json.dumps({"model": resolved.spec, "input_shape": list(resolved.input_shape),
+        print(json.dumps({"model": resolved.spec, "input_shape": list(resolved.input_shape), "weights": args.weights,
                           "groups": [{k: v for k, v in i.items() if k != "shown"} for i in items]}, indent=1))
     else:
         rows = [[str(i["group"]), str(i["channels"]), "prunable" if i["prunable"] else f"frozen: {i['why_frozen']}",
                  i["shown"]] for i in items]
-        print(f"{resolved.spec}: input {'x'.join(map(str, resolved.input_shape))}")
+        print(f"{resolved.spec}: input {'x'.join(map(str, resolved.input_shape))}, {_weights_note(args)}")
         print(_table(rows, ["group", "channels", "state", "members (layers whose channels are coupled)"]))
         print(f"{len(items)} groups: {n_ok} prunable, {len(items) - n_ok} frozen")
     if args.graph:
@@ -224,7 +247,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         save(model, out / "model.pt")
         (out / "model.json").write_text(json.dumps(
             {"format": CHECKPOINT_META, "model": resolved.spec, "input_shape": list(resolved.input_shape),
-             **kwargs}, indent=1) + "\n")
+             "weights": args.weights, **kwargs}, indent=1) + "\n")
         (out / "plan.txt").write_text(p.summary() + "\n")
         bar.update()
         onnx_bytes: dict[str, int] = {}
@@ -249,7 +272,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                                    threads=args.threads)
             bar.update()
         tmp.cleanup()
-    summary = {"model": resolved.spec, "input_shape": list(resolved.input_shape), **kwargs,
+    summary = {"model": resolved.spec, "input_shape": list(resolved.input_shape), "weights": args.weights, **kwargs,
                "params": {"before": before.params, "after": after.params},
                "macs": {"before": before.macs, "after": after.macs}, "onnx_bytes": onnx_bytes,
                "latency_ms": {k: {m: t.median_ms for m, t in v.items()} for k, v in latency.items()},
@@ -268,7 +291,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         rows.append(row(f"latency {key}", t["before"].median_ms, t["after"].median_ms, lambda v: f"{v:.2f} ms"))
     how = ", ".join(f"{k.replace('_', ' ')} {kwargs[k]:g}" for k in ("ratio", "target_macs", "target_params")
                     if k in kwargs)
-    print(f"{resolved.spec} pruned ({how}; {args.criterion}, {args.scope} scope) in {prune_s:.2f} s")
+    print(f"{resolved.spec} pruned ({how}; {args.criterion}, {args.scope} scope; {_weights_note(args)}) "
+          f"in {prune_s:.2f} s")
     print(_table(rows, ["", "before", "after", "after/before"]))
     if latency:
         print(f"latency: median of {args.runs} runs, {args.threads} threads, before and after interleaved")
@@ -301,12 +325,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                threads=args.threads, prune_repeats=repeats,
                                progress=lambda msg: (bar.set_description(msg), bar.update()))
     result = merge([result])
+    result.meta["models"][resolved.spec]["weights"] = args.weights
     print(to_markdown(result))
     hl = headline_markdown(result)
     if hl:
         print(hl)
     print(f"\nmedian of {runs} runs after {warmup} warm-up, {args.threads} threads, "
-          f"all variants interleaved; {result.meta['cpu']}")
+          f"all variants interleaved; {_weights_note(args)}; {result.meta['cpu']}")
     if args.output:
         paths = write_all(result, args.output, plots=not args.no_plots)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -366,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     model_args.add_argument("model", metavar="MODEL", help=model_help)
     model_args.add_argument("--input-shape", metavar="N,C,H,W", help="example input shape, batch first "
                             "(default: the model's own, e.g. 1,3,224,224 for the zoo's ImageNet models)")
+    model_args.add_argument("--weights", metavar="PATH", help="load trained weights into MODEL before anything "
+                            "else: a file written by torch.save(model.state_dict(), PATH), or a training "
+                            "checkpoint holding that under one of 'state_dict', 'model', 'model_state_dict'; "
+                            "a 'module.' (DDP), '_orig_mod.' (torch.compile) or 'model.' prefix on every key is "
+                            "stripped, with a note. Default: random init")
     model_args.add_argument("--tracer", choices=("auto", "fx", "concrete"), default="auto",
                             help="auto (default): symbolic torch.fx, or the model's real forward recorded "
                             "when fx cannot trace it; fx; concrete")

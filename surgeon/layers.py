@@ -3,8 +3,8 @@ layer's size attributes are recomputed after its tensors shrink.
 
 Each ``LayerSpec`` keeps everything surgeon knows about one layer type in one place: the coupling
 rule (used while building the graph), ``sync`` (used by the surgery to update ``in_channels``,
-``num_features``...), ``check`` (the post-surgery invariant: attributes agree with tensors) and
-``zero_inputs`` (used by the surgical-equivalence oracle).
+``num_features``...), ``check`` (the post-surgery invariant: attributes agree with tensors),
+``zero_inputs`` (used by the surgical-equivalence oracle) and ``zero_outputs`` (soft pruning).
 """
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ class LayerSpec:
         count of the layer's input / output position (norms without affine params need it).
     check: returns a description of every attribute that disagrees with the tensors.
     zero_inputs: oracle helper, zeroes the weight slices that read the given input channels.
+    zero_outputs: soft-pruning helper (``surgeon.train.soft``), zeroes what the layer contributes to
+        the given output channels while keeping those entries trainable, so that they may recover;
+        None where zeroing the layer's own tensors cannot silence a channel (norms that mix
+        channels) or is not needed (the soft pruner then skips the layer).
     mixing: True when the layer normalises *across* channels, so removing one changes the others
         (surgical equivalence then does not hold exactly; tests use shape / ONNX parity instead).
     weight_dims: (input dim, output dim) of ``weight``, for a layer whose tensors a subclass uses
@@ -45,6 +49,7 @@ class LayerSpec:
     sync: Callable[[nn.Module, int, int], None]
     check: Callable[[nn.Module], list[str]]
     zero_inputs: Optional[Callable[[nn.Module, list[int]], None]] = None
+    zero_outputs: Optional[Callable[[nn.Module, list[int]], None]] = None
     mixing: bool = False
     notes: str = field(default="")
     weight_dims: Optional[tuple[int, int]] = None  # (input dim, output dim) of ``weight``
@@ -120,6 +125,14 @@ def _zero_conv_inputs(m: nn.Module, channels: list[int]) -> None:
             m.weight[g * opg:(g + 1) * opg, c % ipg] = 0
 
 
+def _zero_conv_outputs(m: nn.Module, channels: list[int]) -> None:
+    # output o is filter weight[o] (grouped or not) plus bias[o]
+    with torch.no_grad():
+        m.weight[channels] = 0
+        if m.bias is not None:
+            m.bias[channels] = 0
+
+
 def _couple_conv_transpose(ctx: "RuleContext") -> None:
     m: nn.ConvTranspose2d = ctx.module  # type: ignore[assignment]
     x = ctx.tensor_inputs()[0]
@@ -148,6 +161,18 @@ def _zero_conv_transpose_inputs(m: nn.Module, channels: list[int]) -> None:
         m.weight[channels] = 0
 
 
+def _zero_conv_transpose_outputs(m: nn.Module, channels: list[int]) -> None:
+    # weight is (in, out/groups, k...): output o belongs to group g = o // opg and is written by
+    # weight[g*ipg:(g+1)*ipg, o % opg] (groups=2, 8 in, 6 out: output 4 -> weight[4:8, 1])
+    ipg, opg = m.in_channels // m.groups, m.out_channels // m.groups
+    with torch.no_grad():
+        for o in channels:
+            g = o // opg
+            m.weight[g * ipg:(g + 1) * ipg, o % opg] = 0
+        if m.bias is not None:
+            m.bias[channels] = 0
+
+
 # ----------------------------------------------------------------------------------------- linear
 def _couple_linear(ctx: "RuleContext") -> None:
     m: nn.Linear = ctx.module  # type: ignore[assignment]
@@ -174,6 +199,13 @@ def _zero_linear_inputs(m: nn.Module, channels: list[int]) -> None:
         m.weight[:, channels] = 0
 
 
+def _zero_linear_outputs(m: nn.Module, channels: list[int]) -> None:
+    with torch.no_grad():
+        m.weight[channels] = 0
+        if m.bias is not None:
+            m.bias[channels] = 0
+
+
 # ------------------------------------------------------------------------------------------ norms
 _NORM_TENSORS = ("weight", "bias", "running_mean", "running_var")
 
@@ -185,6 +217,25 @@ def _couple_per_channel(ctx: "RuleContext", dim: int = 1) -> None:
     for name in _NORM_TENSORS:
         if ctx.p(name, 0) is not None:
             ctx.same(ctx.t(x, dim), ctx.p(name, 0))
+
+
+def _zero_norm_outputs(m: nn.Module, channels: list[int]) -> None:
+    """BatchNorm / InstanceNorm: zero beta and the running mean of ``channels``, *not* gamma.
+
+    Soft pruning zeroes the producing filter too, so the channel's input is 0 everywhere. In train
+    mode the batch mean and variance are then 0 and x_hat = (0 - 0) / sqrt(0 + eps) = 0; in eval
+    mode x_hat = (0 - running_mean) / sqrt(running_var + eps) = 0 once the running mean is 0. Either
+    way the output gamma * x_hat + beta is exactly 0 with beta = 0, whatever gamma is. Gamma must
+    stay: the gradient reaching the filter is dL/dy * gamma / sqrt(var + eps) (minus its batch
+    mean), so with gamma = 0 the channel's output would stay 0 whatever the filter does and the
+    filter would get no gradient: the channel could never recover, which is the point of soft
+    pruning. (A ReLU right after passes no gradient at exactly 0 either, relu'(0) = 0 in torch:
+    there the optimizer's momentum, carried across the step, moves the filter off zero first.)"""
+    with torch.no_grad():
+        for name in ("bias", "running_mean"):
+            t = getattr(m, name, None)
+            if isinstance(t, torch.Tensor):
+                t[channels] = 0
 
 
 def _sync_num_features(m: nn.Module, n_in: int, n_out: int) -> None:
@@ -269,6 +320,11 @@ def _couple_embedding(ctx: "RuleContext") -> None:
     ctx.same(ctx.t(ctx.node, -1), ctx.p("weight", 1))
 
 
+def _zero_embedding_outputs(m: nn.Module, channels: list[int]) -> None:
+    with torch.no_grad():
+        m.weight[:, channels] = 0
+
+
 def _sync_embedding(m: nn.Module, n_in: int, n_out: int) -> None:
     m.num_embeddings, m.embedding_dim = m.weight.shape
 
@@ -278,20 +334,26 @@ def _check_embedding(m: nn.Module) -> list[str]:
     return [] if ok else [f"num_embeddings/embedding_dim={m.num_embeddings}/{m.embedding_dim} vs weight {tuple(m.weight.shape)}"]
 
 
-_CONV = LayerSpec(1, 1, _couple_conv, _sync_conv, _check_conv, _zero_conv_inputs, weight_dims=(1, 0))
+_CONV = LayerSpec(1, 1, _couple_conv, _sync_conv, _check_conv, _zero_conv_inputs, _zero_conv_outputs,
+                  weight_dims=(1, 0))
 _CONVT = LayerSpec(1, 1, _couple_conv_transpose, _sync_conv_transpose, _check_conv_transpose,
-                   _zero_conv_transpose_inputs, weight_dims=(0, 1))
-_NORM = LayerSpec(1, 1, _couple_per_channel, _sync_num_features, _check_num_features)
+                   _zero_conv_transpose_inputs, _zero_conv_transpose_outputs, weight_dims=(0, 1))
+_NORM = LayerSpec(1, 1, _couple_per_channel, _sync_num_features, _check_num_features,
+                  zero_outputs=_zero_norm_outputs)
 
 LAYER_SPECS: dict[type, LayerSpec] = {
     nn.Conv1d: _CONV, nn.Conv2d: _CONV, nn.Conv3d: _CONV,
     nn.ConvTranspose1d: _CONVT, nn.ConvTranspose2d: _CONVT, nn.ConvTranspose3d: _CONVT,
     nn.Linear: LayerSpec(-1, -1, _couple_linear, _sync_linear, _check_linear, _zero_linear_inputs,
-                         weight_dims=(1, 0)),
-    nn.Embedding: LayerSpec(0, -1, _couple_embedding, _sync_embedding, _check_embedding),
+                         _zero_linear_outputs, weight_dims=(1, 0)),
+    nn.Embedding: LayerSpec(0, -1, _couple_embedding, _sync_embedding, _check_embedding,
+                            zero_outputs=_zero_embedding_outputs),
     nn.BatchNorm1d: _NORM, nn.BatchNorm2d: _NORM, nn.BatchNorm3d: _NORM,
     nn.InstanceNorm1d: _NORM, nn.InstanceNorm2d: _NORM, nn.InstanceNorm3d: _NORM,
+    # GroupNorm / LayerNorm normalise across channels: a zeroed channel's output, gamma * (0 - mean)
+    # / std + beta, depends on its neighbours, so no zero_outputs; the soft pruner's final consumer
+    # zeroing still makes the removal match the soft model
     nn.GroupNorm: LayerSpec(1, 1, _couple_group_norm, _sync_group_norm, _check_group_norm),
     nn.LayerNorm: LayerSpec(-1, -1, _couple_layer_norm, _sync_layer_norm, _check_layer_norm, mixing=True),
-    nn.PReLU: LayerSpec(1, 1, _couple_prelu, _sync_prelu, _check_prelu),
+    nn.PReLU: LayerSpec(1, 1, _couple_prelu, _sync_prelu, _check_prelu),  # PReLU(0) = 0: nothing to zero
 }

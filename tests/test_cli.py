@@ -158,6 +158,162 @@ def test_bench_quick_compares_every_method(capsys, tmp_path):
     assert not list(tmp_path.glob("*.png"))
 
 
+# ------------------------------------------------------------------------------------ --weights
+SMALL = [0, 3, 5, 6]  # tinynet channels made ~1000x smaller in the saved weights: L1 removes exactly these
+KEPT = [1, 2, 4, 7]
+
+
+def trained_tinynet() -> dict[str, torch.Tensor]:
+    """A tinynet state_dict unlike any random init: every tensor of channels SMALL scaled by 1e-3
+    (conv1 / conv2 filters, both BNs, conv2's inputs, fc's columns), BN running stats set."""
+    torch.manual_seed(1)
+    sd = {k: v.clone() for k, v in resolve_model("tinynet").model.state_dict().items()}
+    for k in ("conv1.weight", "conv2.weight", "bn1.weight", "bn1.bias", "bn2.weight", "bn2.bias"):
+        sd[k][SMALL] *= 1e-3
+    sd["conv2.weight"][:, SMALL] *= 1e-3
+    sd["fc.weight"].view(10, 8, 256)[:, SMALL] *= 1e-3  # flatten: channel c is columns c*256 .. c*256+255
+    for k in ("bn1.running_mean", "bn2.running_mean"):
+        sd[k].copy_(torch.randn(8))
+    for k in ("bn1.running_var", "bn2.running_var"):
+        sd[k].copy_(torch.rand(8) + 0.5)
+    return sd
+
+
+def assert_kept_weights(out_dir: Path, sd: dict[str, torch.Tensor]) -> None:
+    """The pruned checkpoint holds exactly the saved tensors at KEPT (conv2 and fc along their inputs too)."""
+    from surgeon.checkpoint import load
+
+    got = load(resolve_model("tinynet").model, out_dir / "model.pt").state_dict()
+    for k in ("conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var",
+              "bn2.weight", "bn2.bias", "bn2.running_mean", "bn2.running_var"):
+        torch.testing.assert_close(got[k], sd[k][KEPT], rtol=0, atol=0, msg=k)
+    torch.testing.assert_close(got["conv2.weight"], sd["conv2.weight"][KEPT][:, KEPT], rtol=0, atol=0)
+    torch.testing.assert_close(got["fc.weight"], sd["fc.weight"].view(10, 8, 256)[:, KEPT].reshape(10, -1),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(got["fc.bias"], sd["fc.bias"], rtol=0, atol=0)
+
+
+LAYOUTS = {
+    "state_dict": lambda sd: sd,
+    "checkpoint['state_dict']": lambda sd: {"state_dict": sd, "epoch": 3, "lr": 0.1},
+    "checkpoint['model']": lambda sd: {"model": sd, "optimizer": {"param_groups": [{"lr": 0.1}]}},
+    "DDP module. prefix": lambda sd: {f"module.{k}": v for k, v in sd.items()},
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_prune_uses_the_weights(capsys, tmp_path, layout):
+    sd = trained_tinynet()
+    torch.save(LAYOUTS[layout](sd), tmp_path / "w.pt")
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "prune", "tinynet", "--weights", str(tmp_path / "w.pt"), "--ratio", "0.5",
+                            "-o", str(out), "--no-onnx", "--no-latency", "-q")
+    assert code == 0, err
+    assert_kept_weights(out, sd)
+    assert f"weights {tmp_path / 'w.pt'}" in stdout.splitlines()[0]
+    assert json.loads((out / "summary.json").read_text())["weights"] == str(tmp_path / "w.pt")
+    assert json.loads((out / "model.json").read_text())["weights"] == str(tmp_path / "w.pt")
+    if layout.startswith("DDP"):
+        assert err.startswith("note: ") and "removed the prefix 'module.'" in err and len(err.splitlines()) == 1
+    else:
+        assert err == ""
+
+
+def test_prune_without_weights_keeps_other_channels(capsys, tmp_path):
+    """The oracle above is not met by chance: the random-init run keeps other values."""
+    code, stdout, err = run(capsys, "prune", "tinynet", "--ratio", "0.5", "-o", str(tmp_path), "--no-onnx",
+                            "--no-latency", "-q")
+    assert code == 0, err
+    assert "random-init weights" in stdout and json.loads((tmp_path / "summary.json").read_text())["weights"] is None
+    with pytest.raises(AssertionError):
+        assert_kept_weights(tmp_path, trained_tinynet())
+
+
+def test_inspect_and_bench_take_weights(capsys, tmp_path):
+    torch.save(trained_tinynet(), tmp_path / "w.pt")
+    w = str(tmp_path / "w.pt")
+    code, out, err = run(capsys, "inspect", "tinynet", "--weights", w, "-q")
+    assert code == 0, err
+    assert out.splitlines()[0] == f"tinynet: input 1x3x16x16, weights {w}"
+    code, out, err = run(capsys, "inspect", "tinynet", "--weights", w, "--json", "-q")
+    assert code == 0 and json.loads(out)["weights"] == w
+    code, out, err = run(capsys, "bench", "tinynet", "--weights", w, "--quick", "--ratios", "0.5", "--batches", "1",
+                         "--methods", "dense,surgeon", "-o", str(tmp_path / "bench"), "--no-plots", "-q")
+    assert code == 0, err
+    assert f"weights {w};" in out
+    assert json.loads((tmp_path / "bench" / "results.json").read_text())["meta"]["models"]["tinynet"]["weights"] == w
+
+
+def _pruned_state_dict() -> dict[str, torch.Tensor]:
+    from surgeon import plan
+
+    model = resolve_model("tinynet").model
+    plan(model, torch.randn(1, 3, 16, 16), ratio=0.5).apply()
+    return model.state_dict()
+
+
+def _tinynet_classes(n: int) -> dict[str, torch.Tensor]:
+    from surgeon_models.tinynet import tinynet
+
+    return tinynet(num_classes=n).state_dict()
+
+
+BAD_WEIGHTS = {  # file content -> what the one-line error must say
+    "missing.pt": (None, "weights file not found: missing.pt"),
+    "garbage.pt": (b"not a checkpoint", "garbage.pt is not a file torch.load can read"),
+    "whole_model.pt": (lambda: resolve_model("tinynet").model,
+                       "holds a pickled surgeon_models.tinynet.TinyNet, not just tensors (a whole model saved with "
+                       "torch.save(model)?), which cannot be loaded safely; save the weights instead: "
+                       "torch.save(model.state_dict(), path)"),
+    "tensor.pt": (lambda: torch.zeros(8, 3), "holds a single tensor of shape 8x3, not a state_dict"),
+    "list.pt": (lambda: list(trained_tinynet().values()), "holds a list, not a state_dict"),
+    "not_tensors.pt": (lambda: {"epoch": 3, "optimizer": {"lr": 0.1}},
+                       "keys 'epoch', 'optimizer' whose values are not all tensors, and none of 'state_dict', "
+                       "'model', 'model_state_dict' holds a state_dict"),
+    "ambiguous.pt": (lambda: {"state_dict": trained_tinynet(), "model": trained_tinynet()},
+                     "several state_dicts (under 'state_dict' and 'model'), which is ambiguous"),
+    "resnet20.pt": (lambda: resolve_model("resnet20").model.state_dict(),
+                    "does not fit tinynet: missing from the file: 6 of the model's 14 (conv2.weight, bn2.weight, "
+                    "bn2.bias +3 more); not in the model: 120 of the file's 128 (layer1.0.conv1.weight, "
+                    "layer1.0.bn1.weight, layer1.0.bn1.bias +117 more); weights for another model?"),
+    "five_classes.pt": (lambda: _tinynet_classes(5), "fc.weight is 5x2048 in the file but 10x2048 in the model "
+                        "(+1 more tensors differ); weights for another configuration of tinynet"),
+    "pruned_state_dict.pt": (_pruned_state_dict, "conv1.weight is 4x3x3x3 in the file but 8x3x3x3 in the model "
+                             "(+10 more tensors differ); a pruned model's state_dict? It cannot restore the dense "
+                             "architecture: save pruned models with surgeon.save(model, path) and load them with "
+                             "surgeon.load(fresh_model, path)"),
+    "surgeon_checkpoint.pt": ("pruned_dir", "is a pruned model written by surgeon.save (or `surgeon prune -o`), not "
+                              "the dense model's state_dict: load it with surgeon.load(model, path), or export it "
+                              "with `surgeon export surgeon_checkpoint.pt`"),
+}
+
+
+@pytest.mark.parametrize("command", ["inspect", "prune", "bench"])
+@pytest.mark.parametrize("name", BAD_WEIGHTS)
+def test_bad_weights_end_in_one_clear_line(capsys, tmp_path, monkeypatch, pruned_dir, name, command):
+    content, message = BAD_WEIGHTS[name]
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed: the messages fit the 400-character line
+    if isinstance(content, bytes):
+        Path(name).write_bytes(content)
+    elif content == "pruned_dir":
+        shutil.copy(pruned_dir / "model.pt", name)
+    elif content is not None:
+        torch.save(content(), name)
+    extra = {"inspect": [], "prune": ["-o", "out"], "bench": ["--quick"]}[command]
+    code, out, err = run(capsys, command, "tinynet", "--weights", name, *extra, "-q")
+    assert code == 1 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"surgeon {command}: error: ") and message in lines[0], lines[0]
+    assert "--verbose for all" not in lines[0] and "rerun with --traceback" not in lines[0]
+    assert not Path("out").exists()  # failed before anything was written
+
+
+def test_weights_that_are_a_directory(capsys, tmp_path):
+    code, _, err = run(capsys, "inspect", "tinynet", "--weights", str(tmp_path), "-q")
+    assert code == 1 and f"weights path {tmp_path} is a directory" in err
+
+
 # -------------------------------------------------------------------------- MODEL resolution
 def test_import_path_and_file_models(capsys, tmp_path):
     src = tmp_path / "mynet.py"
