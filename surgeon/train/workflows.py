@@ -28,6 +28,7 @@ from ..schedule import fractions, prune_iteratively
 from .loop import Trainer, check_floor, to_device
 from .outcome import Outcome, Step
 from .recalibrate import recalibrate_bn
+from .reconstruct import reconstruct as refit_layers
 
 __all__ = ["one_shot", "iterative", "slimming"]
 
@@ -86,33 +87,45 @@ def _dense_notes(accuracy: Optional[float]) -> dict[str, Any]:
 
 # -------------------------------------------------------------------------------------- one-shot
 def one_shot(model: nn.Module, example_inputs: Any, trainer: Trainer, ratio: float, *, epochs: int = 0,
-             recalibrate: Optional[int] = None, criterion: Any = "l1", **plan_kwargs: Any) -> Outcome:
+             recalibrate: Optional[int] = None, reconstruct: Optional[int] = None, criterion: Any = "l1",
+             **plan_kwargs: Any) -> Outcome:
     """Prune ``model`` once to ``ratio`` (in place, verified), then recover.
 
     recalibrate: re-estimate the BatchNorm statistics on this many batches of ``trainer.train``
         before fine-tuning (the cheapest recovery: no labels, no gradient); None skips it.
+    reconstruct: re-fit the consumers of removed channels by least squares on this many batches
+        of ``trainer.train`` (``surgeon.train.reconstruct``: no labels, no gradient; keeps a copy
+        of the dense model meanwhile); None skips it.
     epochs: fine-tuning epochs after the prune (0: none).
     plan_kwargs: any keyword of ``surgeon.plan`` (scope, ignore, round_to, target_macs...).
     """
     epochs = check_count("epochs", epochs)
     if recalibrate is not None:
         recalibrate = check_count("recalibrate (BatchNorm recalibration batches)", recalibrate, 1)
-    check_loaders(trainer, needs_train=epochs > 0 or recalibrate is not None)
+    if reconstruct is not None:
+        reconstruct = check_count("reconstruct (reconstruction batches)", reconstruct, 1)
+    check_loaders(trainer, needs_train=epochs > 0 or recalibrate is not None or reconstruct is not None)
     x = on_device(trainer, model, example_inputs)
     p = plan(model, x, ratio=ratio, criterion=criterion, **plan_kwargs)  # validates, reads only
     dense = evaluate(trainer, model)
+    reference = copy.deepcopy(model) if reconstruct is not None else None
     p.apply(verify=True)
     pruned = evaluate(trainer, model)
+    if reference is not None:
+        assert trainer.train is not None  # check_loaders refused None
+        refit_layers(model, reference, p.removed(), trainer.train, batches=reconstruct)
     if recalibrate is not None:
         assert trainer.train is not None  # check_loaders refused None
         recalibrate_bn(model, trainer.train, batches=recalibrate, device=trainer.device)
     trainer.fit(model, epochs, desc="fine-tune")
-    accuracy = evaluate(trainer, model) if epochs or recalibrate is not None else pruned
+    accuracy = evaluate(trainer, model) if epochs or recalibrate is not None or reconstruct is not None else pruned
     params, macs = measure(model, x)
     step = Step(1, float(ratio), params, macs, pruned, accuracy, epochs)
     notes = _dense_notes(dense)
     if recalibrate is not None:
         notes["recalibrate_batches"] = recalibrate
+    if reconstruct is not None:
+        notes["reconstruct_batches"] = reconstruct
     return Outcome("one-shot", model, accuracy, epochs, [step], notes)
 
 

@@ -1,0 +1,329 @@
+"""Accuracy benchmark: what each prune -> recover workflow keeps, on real data (digits).
+
+    python benchmarks/accuracy.py             # the full run (under 30 min on 2 cores)
+    python benchmarks/accuracy.py --quick     # one tiny configuration, seconds; writes nothing unless --out
+
+scikit-learn's handwritten digits (1,797 images, 8x8 upsampled to 32x32, 1,437 train / 360 test
+with a fixed split) train a ResNet-20 and a MobileNetV2 (width 0.5) from our zoo. Every workflow
+gets the same, stated epoch budget counted from random initialisation:
+
+- after training (dense ``D`` epochs, shared, then ``F`` recovery epochs): one-shot without any
+  recovery, with BatchNorm recalibration only, with fine-tuning; iterative (cubic schedule, the F
+  epochs split over the steps); soft filter pruning (F epochs of soft pruning from the trained
+  model, then physical removal); network slimming (D epochs of sparsity training instead of plain
+  training, global |gamma| prune, F epochs of fine-tuning);
+- before training (D + F epochs on the pruned architecture): random structured pruning at
+  initialisation; the lottery ticket (the dense run of D epochs finds it, the survivors rewound to
+  their initial values, retrained D + F epochs: it alone spends D more); its control, the same
+  architecture re-initialised at random and trained as long.
+
+Each at 50%, 75% and 90% of channels removed, local and global scope where the method has one, over
+3 seeds (seed = weight init and data order; the split stays fixed). Reports parameters, MACs and
+test accuracy mean +- std. Writes ``accuracy.json``, ``accuracy.md`` and ``accuracy.png`` (accuracy
+vs MACs kept) under ``--out`` (default ``benchmarks/results``). Work runs in ``--jobs`` processes of
+one thread each (small models use one core better than two).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import surgeon
+import surgeon_models as zoo
+from surgeon.train import (Trainer, digits, loaders, lottery_ticket, random_at_init, reinit_control, seed_everything,
+                           sgd, soft_filter_pruning, workflows)
+
+MODELS = ("resnet20", "mobilenet_v2_32")
+RATIOS = (0.5, 0.75, 0.9)
+SEEDS = (0, 1, 2)
+SCOPES = ("local", "global")
+# (learning rate, weight decay) per model: ResNet-20 reaches 99.7% in 15 epochs with the first,
+# MobileNetV2 98% with the second (its depthwise layers want little decay)
+RECIPES = {"resnet20": (0.05, 5e-4), "mobilenet_v2_32": (0.05, 4e-5), "tinynet": (0.05, 5e-4)}
+SLIMMING_LAMBDA = 1e-4
+ITERATIVE_STEPS = 3
+RECONSTRUCT_BATCHES = 4
+INPUT = (1, 3, 32, 32)
+
+
+@dataclass(frozen=True)
+class Budget:
+    dense: int      # D: epochs of the dense (or sparsity) training
+    recover: int    # F: epochs of recovery after an after-training prune
+
+
+@dataclass(frozen=True)
+class Job:
+    model: str
+    seed: int
+    method: str
+    scope: str = "-"
+    ratio: float = 0.0
+
+
+AFTER = ("one-shot", "one-shot + BN recal", "one-shot + reconstruction", "one-shot + fine-tune", "iterative (cubic)", "soft filter pruning",
+         "slimming")
+BEFORE = ("random at init", "lottery ticket", "re-initialised control")
+SCOPED = {"one-shot", "one-shot + BN recal", "one-shot + reconstruction", "one-shot + fine-tune", "iterative (cubic)", "soft filter pruning",
+          "lottery ticket", "re-initialised control"}
+
+
+def _trainer(name: str, seed: int, size: int, progress: bool = False) -> Trainer:
+    lr, wd = RECIPES.get(name, (0.05, 5e-4))
+    train, test = digits(size=size)
+    a, b = loaders(train, test, batch_size=64, seed=seed)
+    return Trainer(a, b, optimizer=sgd(lr=lr, weight_decay=wd), progress=progress, device="cpu")
+
+
+def _footprint(model: torch.nn.Module, size: int) -> tuple[int, int]:
+    c = surgeon.count(model, torch.randn(1, 3, size, size))
+    return int(c.params), int(c.macs)
+
+
+def _dense_stage(name: str, seed: int, budget: Budget, size: int, workdir: str) -> dict[str, Any]:
+    """Train the dense model (and its sparsity-trained twin for slimming); save both and the init."""
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    trainer = _trainer(name, seed, size)
+    seed_everything(seed)
+    model = zoo.get(name, num_classes=10)
+    torch.save(model.state_dict(), f"{workdir}/{name}-{seed}-init.pt")
+    sparse = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    trainer.fit(model, budget.dense, desc=f"{name} dense")
+    seed_everything(seed)  # the same data order for the sparsity run
+    trainer_s = _trainer(name, seed, size)
+    trainer_s.fit(sparse, budget.dense, desc=f"{name} sparse",
+                  after_backward=lambda m: surgeon.bn_l1_subgradient_(m, SLIMMING_LAMBDA))
+    torch.save(model.state_dict(), f"{workdir}/{name}-{seed}-dense.pt")
+    torch.save(sparse.state_dict(), f"{workdir}/{name}-{seed}-sparse.pt")
+    params, macs = _footprint(model, size)
+    return {"model": name, "seed": seed, "method": "dense", "scope": "-", "ratio": 0.0,
+            "accuracy": trainer.evaluate(model), "params": params, "macs": macs, "epochs": budget.dense,
+            "seconds": time.perf_counter() - t0}
+
+
+def _load(name: str, seed: int, which: str, workdir: str) -> torch.nn.Module:
+    model = zoo.get(name, num_classes=10)
+    model.load_state_dict(torch.load(f"{workdir}/{name}-{seed}-{which}.pt", weights_only=True))
+    return model
+
+
+def _run_job(job: Job, budget: Budget, size: int, workdir: str) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    seed_everything(job.seed)
+    trainer = _trainer(job.model, job.seed, size)
+    x = torch.randn(1, 3, size, size)
+    kw: dict[str, Any] = {"scope": job.scope} if job.scope != "-" else {}
+    D, F = budget.dense, budget.recover
+    t0 = time.perf_counter()
+    if job.method == "one-shot":
+        out = workflows.one_shot(_load(job.model, job.seed, "dense", workdir), x, trainer, job.ratio, **kw)
+    elif job.method == "one-shot + BN recal":
+        out = workflows.one_shot(_load(job.model, job.seed, "dense", workdir), x, trainer, job.ratio,
+                                 recalibrate=len(trainer.train), **kw)
+    elif job.method == "one-shot + reconstruction":
+        out = workflows.one_shot(_load(job.model, job.seed, "dense", workdir), x, trainer, job.ratio,
+                                 reconstruct=RECONSTRUCT_BATCHES, **kw)
+    elif job.method == "one-shot + fine-tune":
+        out = workflows.one_shot(_load(job.model, job.seed, "dense", workdir), x, trainer, job.ratio, epochs=F, **kw)
+    elif job.method == "iterative (cubic)":
+        out = workflows.iterative(_load(job.model, job.seed, "dense", workdir), x, trainer, job.ratio,
+                                  steps=min(ITERATIVE_STEPS, F), epochs=F, schedule="cubic", **kw)
+    elif job.method == "soft filter pruning":
+        out = soft_filter_pruning(_load(job.model, job.seed, "dense", workdir), x, trainer, job.ratio, epochs=F, **kw)
+    elif job.method == "slimming":
+        out = workflows.slimming(_load(job.model, job.seed, "sparse", workdir), x, trainer, job.ratio,
+                                 sparsity_epochs=0, epochs=F)
+    elif job.method == "random at init":
+        out = random_at_init(zoo.get(job.model, num_classes=10), x, trainer, job.ratio, epochs=D + F, seed=job.seed)
+    elif job.method in ("lottery ticket", "re-initialised control"):
+        init = torch.load(f"{workdir}/{job.model}-{job.seed}-init.pt", weights_only=True)
+        ticket = _load(job.model, job.seed, "dense", workdir)  # the search run: the shared dense training
+        retrain = D + F if job.method == "lottery ticket" else 0
+        out = lottery_ticket(ticket, x, trainer, job.ratio, epochs=0, retrain_epochs=retrain, rewind=init, **kw)
+        if job.method == "re-initialised control":
+            out = reinit_control(out.model, trainer, epochs=D + F, seed=job.seed + 1000, example_inputs=x)
+    else:
+        raise ValueError(f"unknown method {job.method!r}")
+    params, macs = _footprint(out.model, size)
+    row = {**asdict(job), "params": params, "macs": macs, "accuracy": out.accuracy,
+           "epochs": {"lottery ticket": D + D + F, "random at init": D + F, "re-initialised control": D + F}.get(
+               job.method, D + (F if "one-shot" not in job.method or "fine" in job.method else 0)),
+           "seconds": time.perf_counter() - t0}
+    if out.steps and job.method != "re-initialised control":
+        row["accuracy_pruned"] = out.steps[0].accuracy_pruned
+    return row
+
+
+def jobs_for(models: tuple[str, ...], seeds: tuple[int, ...], ratios: tuple[float, ...],
+             scopes: tuple[str, ...], methods: tuple[str, ...]) -> list[Job]:
+    jobs = []
+    for name in models:
+        for seed in seeds:
+            for method in methods:
+                for ratio in ratios:
+                    if method in SCOPED:
+                        jobs += [Job(name, seed, method, scope, ratio) for scope in scopes]
+                    else:
+                        jobs.append(Job(name, seed, method, "global" if method == "slimming" else "local", ratio))
+    return jobs
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std over seeds of every (model, method, scope, ratio)."""
+    keys: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        keys.setdefault((r["model"], r["method"], r["scope"], r["ratio"]), []).append(r)
+    dense = {(r["model"], r["seed"]): r for r in rows if r["method"] == "dense"}
+    out = []
+    for (model, method, scope, ratio), rs in keys.items():
+        acc = [100 * r["accuracy"] for r in rs]
+        d = [dense[(model, r["seed"])] for r in rs if (model, r["seed"]) in dense]
+        out.append({"model": model, "method": method, "scope": scope, "ratio": ratio, "seeds": len(rs),
+                    "accuracy_mean": statistics.fmean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                    "params": statistics.fmean(r["params"] for r in rs), "macs": statistics.fmean(r["macs"] for r in rs),
+                    "macs_kept": statistics.fmean(r["macs"] / x["macs"] for r, x in zip(rs, d)) if d else float("nan"),
+                    "params_kept": statistics.fmean(r["params"] / x["params"] for r, x in zip(rs, d)) if d else float("nan"),
+                    "epochs": rs[0]["epochs"],
+                    "accuracy_pruned_mean": statistics.fmean(100 * r["accuracy_pruned"] for r in rs)
+                    if all(r.get("accuracy_pruned") is not None for r in rs) else None})
+    order = {m: i for i, m in enumerate(("dense",) + AFTER + BEFORE)}
+    return sorted(out, key=lambda s: (s["model"], s["ratio"], order.get(s["method"], 99), s["scope"]))
+
+
+def to_markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    b = meta["budget"]
+    lines = [f"# Accuracy after pruning: digits ({meta['train']} train / {meta['test']} test, {meta['size']}x{meta['size']})",
+             "",
+             f"Budget: dense training D = {b['dense']} epochs; recovery F = {b['recover']} epochs; before-training "
+             f"methods train D + F = {b['dense'] + b['recover']} epochs (the lottery ticket also spends its D-epoch "
+             f"dense search). Seeds {meta['seeds']}; accuracy in % (mean +- std over seeds; one test image = "
+             f"{100 / meta['test']:.2f} points). Measured {meta['date']} on {meta['machine']}, "
+             f"{meta['minutes']:.1f} min in all.", ""]
+    for model in dict.fromkeys(s["model"] for s in summary):
+        lines += [f"## {model}", "", "| removed | method | scope | params kept | MACs kept | accuracy (%) | right after the prune (%) | epochs |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for s in summary:
+            if s["model"] != model:
+                continue
+            right = f"{s['accuracy_pruned_mean']:.1f}" if s["accuracy_pruned_mean"] is not None else ""
+            lines.append(f"| {s['ratio']:.0%} | {s['method']} | {s['scope']} | {s['params_kept']:.3f} | "
+                         f"{s['macs_kept']:.3f} | {s['accuracy_mean']:.2f} +- {s['accuracy_std']:.2f} | {right} | {s['epochs']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(summary: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    models = list(dict.fromkeys(s["model"] for s in summary))
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = [s for s in summary if s["model"] == model]
+        for (method, scope) in dict.fromkeys((s["method"], s["scope"]) for s in rows):
+            pts = sorted((s["macs_kept"], s["accuracy_mean"], s["accuracy_std"]) for s in rows
+                         if s["method"] == method and s["scope"] == scope)
+            xs, ys, es = zip(*pts)
+            style = "--" if scope == "global" else "-"
+            ax.errorbar(xs, ys, yerr=es, fmt="o" + style, ms=4, capsize=2, label=f"{method} ({scope})"
+                        if scope != "-" else method)
+        ax.set_xscale("log")
+        ax.set_xlabel("MACs kept (fraction of dense, log scale)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{model} on digits")
+        ax.set_ylim(0, 101)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tinynet, 1 seed, ratio 0.5, 1 + 1 epochs at 16x16 "
+                   "(seconds); writes nothing unless --out")
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    p.add_argument("--ratios", default=",".join(map(str, RATIOS)))
+    p.add_argument("--scopes", default=",".join(SCOPES))
+    p.add_argument("--methods", default=",".join(AFTER + BEFORE))
+    p.add_argument("--dense-epochs", type=int, default=12, help="D (default 12)")
+    p.add_argument("--recover-epochs", type=int, default=6, help="F (default 6)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default 2)")
+    p.add_argument("--out", help="output directory (default benchmarks/results; none for --quick)")
+    args = p.parse_args(argv)
+    args.size = 32
+    if args.quick:
+        args.models, args.seeds, args.ratios = "tinynet", "0", "0.5"
+        args.dense_epochs, args.recover_epochs, args.size = 1, 1, 16
+    elif args.out is None:
+        args.out = str(Path(__file__).parent / "results")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    models = tuple(m for m in args.models.split(",") if m)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    ratios = tuple(float(r) for r in args.ratios.split(","))
+    scopes = tuple(args.scopes.split(","))
+    methods = tuple(args.methods.split(","))
+    unknown = set(methods) - set(AFTER + BEFORE)
+    if unknown:
+        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {AFTER + BEFORE}")
+    budget = Budget(args.dense_epochs, args.recover_epochs)
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as workdir:
+        ctx = get_context("spawn")
+        with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
+            futs = [pool.submit(_dense_stage, m, s, budget, args.size, workdir) for m in models for s in seeds]
+            for f in as_completed(futs):
+                rows.append(f.result())
+                print(f"dense {rows[-1]['model']} seed {rows[-1]['seed']}: {100 * rows[-1]['accuracy']:.2f}%", flush=True)
+            jobs = jobs_for(models, seeds, ratios, scopes, methods)
+            futs = {pool.submit(_run_job, j, budget, args.size, workdir): j for j in jobs}
+            for i, f in enumerate(as_completed(futs), 1):
+                r = f.result()
+                rows.append(r)
+                print(f"[{i}/{len(jobs)}] {r['model']} seed {r['seed']} {r['method']} {r['scope']} {r['ratio']:.0%}: "
+                      f"{100 * r['accuracy']:.2f}% ({r['seconds']:.0f} s)", flush=True)
+    summary = summarise(rows)
+    train, test = digits(size=args.size)
+    meta = {"budget": asdict(budget), "seeds": list(seeds), "size": args.size, "train": len(train), "test": len(test),
+            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cores, {args.jobs} single-thread workers",
+            "minutes": (time.perf_counter() - t0) / 60, "torch": torch.__version__}
+    md = to_markdown(summary, meta)
+    print(md)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "accuracy.json").write_text(json.dumps({"meta": meta, "rows": rows, "summary": summary}, indent=1))
+        (out / "accuracy.md").write_text(md + "\n")
+        plot(summary, out / "accuracy.png")
+        print(f"wrote {out / 'accuracy.json'}, accuracy.md, accuracy.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
