@@ -86,7 +86,7 @@ ZOO: dict[str, ZooEntry] = _register(
     ZooEntry("resnet20", resnet20, (1, 3, 32, 32),
              "CIFAR ResNet-20 (16/32/64, 3 BasicBlocks per stage): the accuracy benchmark's ResNet"),
     ZooEntry("mobilenet_v2_32", mobilenet_v2_32, (1, 3, 32, 32),
-             "MobileNetV2 at width 0.5 for 32x32 inputs: the accuracy benchmark's MobileNet"),
+             "short MobileNetV2 (8 inverted residual blocks, width 0.5, stride-1 stem): the accuracy benchmark's MobileNet"),
     ZooEntry("vgg16_bn", vgg16_bn, (1, 3, 224, 224),
              "VGG-16 with BN; view-flatten into Linear(512*7*7, 4096) head"),
     ZooEntry("mobilenet_v2", mobilenet_v2, (1, 3, 224, 224),

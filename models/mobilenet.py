@@ -74,12 +74,14 @@ class MobileNetV2(nn.Module):
         (6, 320, 1, 1),
     ]
 
-    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2) -> None:
+    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2,
+                 setting: list[tuple[int, int, int, int]] | None = None, last_channel: int = 1280,
+                 stem_stride: int = 2) -> None:
         super().__init__()
         in_ch = _make_divisible(32 * width_mult)
-        self.last_channel = _make_divisible(1280 * max(1.0, width_mult))
-        features: list[nn.Module] = [ConvBNReLU6(3, in_ch, stride=2)]
-        for t, c, n, s in self.SETTING:
+        self.last_channel = _make_divisible(last_channel * max(1.0, width_mult))
+        features: list[nn.Module] = [ConvBNReLU6(3, in_ch, stride=stem_stride)]
+        for t, c, n, s in setting or self.SETTING:
             out_ch = _make_divisible(c * width_mult)
             for i in range(n):
                 features.append(InvertedResidual(in_ch, out_ch, s if i == 0 else 1, t))
@@ -113,6 +115,10 @@ def mobilenet_v2(num_classes: int = 1000, width_mult: float = 1.0) -> MobileNetV
 
 
 def mobilenet_v2_32(num_classes: int = 10, width_mult: float = 0.5, dropout: float = 0.0) -> MobileNetV2:
-    """MobileNetV2 sized for 32x32 inputs (0.7M params at width 0.5, 10 classes): the standard
-    strides bring 32x32 down to 1x1 before the classifier; no dropout on a 1,437-image dataset."""
-    return MobileNetV2(num_classes=num_classes, width_mult=width_mult, dropout=dropout)
+    """A MobileNetV2 for 16x16 to 32x32 inputs (93k params at width 0.5, 10 classes): the same
+    inverted residual blocks (expand 1x1, depthwise 3x3, linear project, residual when the shape
+    allows) in a shorter stack (8 blocks instead of 17, three of them residual), a stride-1 stem and
+    a 640-wide head, so that the accuracy benchmark trains it in seconds per epoch on a CPU."""
+    setting = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 64, 2, 2), (6, 96, 1, 1)]
+    return MobileNetV2(num_classes=num_classes, width_mult=width_mult, dropout=dropout, setting=setting,
+                       last_channel=640, stem_stride=1)
