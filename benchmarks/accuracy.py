@@ -220,7 +220,9 @@ def to_markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              f"methods train D + F = {b['dense'] + b['recover']} epochs (the lottery ticket also spends its D-epoch "
              f"dense search). Seeds {meta['seeds']}; accuracy in % (mean +- std over seeds; one test image = "
              f"{100 / meta['test']:.2f} points). Measured {meta['date']} on {meta['machine']}, "
-             f"{meta['minutes']:.1f} min in all.", ""]
+             f"{meta['minutes']:.1f} min for the full run."
+             + (f" Re-measured in a later run ({meta['remeasured']['minutes']:.1f} min): "
+                f"{', '.join(meta['remeasured']['methods'])}." if meta.get("remeasured") else ""), ""]
     for model in dict.fromkeys(s["model"] for s in summary):
         lines += [f"## {model}", "", "| removed | method | scope | params kept | MACs kept | accuracy (%) | right after the prune (%) | epochs |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -235,28 +237,41 @@ def to_markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def plot(summary: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy vs MACs kept, one panel per model: a colour per method, solid = local scope,
+    dashed = global, the dense accuracy as a grey line; the legend sits below the panels."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker.NullFormatter below)
     models = list(dict.fromkeys(s["model"] for s in summary))
-    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 5), squeeze=False)
+    methods = [m for m in AFTER + BEFORE if any(s["method"] == m for s in summary)]
+    colours = dict(zip(methods, plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]))
+    markers = dict(zip(methods, "osD^vP*Xhp<>" * 2))
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5.2), squeeze=False)
     for ax, model in zip(axes[0], models):
         rows = [s for s in summary if s["model"] == model]
-        for (method, scope) in dict.fromkeys((s["method"], s["scope"]) for s in rows):
+        for s in rows:
+            if s["method"] == "dense":
+                ax.axhline(s["accuracy_mean"], color="0.5", lw=1, ls=":", label="dense")
+        for method, scope in dict.fromkeys((s["method"], s["scope"]) for s in rows if s["method"] != "dense"):
             pts = sorted((s["macs_kept"], s["accuracy_mean"], s["accuracy_std"]) for s in rows
                          if s["method"] == method and s["scope"] == scope)
             xs, ys, es = zip(*pts)
-            style = "--" if scope == "global" else "-"
-            ax.errorbar(xs, ys, yerr=es, fmt="o" + style, ms=4, capsize=2, label=f"{method} ({scope})"
-                        if scope != "-" else method)
+            ax.errorbar(xs, ys, yerr=es, color=colours[method], marker=markers[method], ms=5, capsize=2,
+                        ls="--" if scope == "global" else "-", label=f"{method} ({scope})")
         ax.set_xscale("log")
-        ax.set_xlabel("MACs kept (fraction of dense, log scale)")
-        ax.set_ylabel("test accuracy (%)")
+        ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+                 if min(s["macs_kept"] for s in rows) / 2 <= t <= 1.0]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("MACs kept (fraction of the dense model, log scale)")
+        ax.set_ylabel("test accuracy (%, mean +- std over seeds)")
         ax.set_title(f"{model} on digits")
         ax.set_ylim(0, 101)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.2, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -276,6 +291,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "32 costs 3x the time)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default 2)")
     p.add_argument("--out", help="output directory (default benchmarks/results; none for --quick)")
+    p.add_argument("--merge", action="store_true", help="keep the rows of OUT/accuracy.json for the methods not "
+                   "run now (re-measure some methods, e.g. after a fix; the dense rows are re-measured too)")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.seeds, args.ratios = "tinynet", "0", "0.5"
@@ -312,12 +329,22 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(r)
                 print(f"[{i}/{len(jobs)}] {r['model']} seed {r['seed']} {r['method']} {r['scope']} {r['ratio']:.0%}: "
                       f"{100 * r['accuracy']:.2f}% ({r['seconds']:.0f} s)", flush=True)
+    minutes = (time.perf_counter() - t0) / 60
+    merged_from = None
+    if args.merge and args.out and (Path(args.out) / "accuracy.json").exists():
+        old = json.loads((Path(args.out) / "accuracy.json").read_text())
+        if old["meta"]["budget"] != asdict(budget) or old["meta"]["size"] != args.size:
+            raise SystemExit("--merge: the stored run has another budget or size; re-run everything")
+        rows += [r for r in old["rows"] if r["method"] not in set(methods) | {"dense"}]
+        merged_from = {"date": old["meta"]["date"], "minutes": old["meta"]["minutes"]}
+        minutes = old["meta"]["minutes"]
     summary = summarise(rows)
     train, test = digits(size=args.size)
     meta = {"budget": asdict(budget), "seeds": list(seeds), "size": args.size, "train": len(train), "test": len(test),
             "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores, {args.jobs} single-thread workers",
-            "minutes": (time.perf_counter() - t0) / 60, "torch": torch.__version__}
+            "minutes": minutes, "torch": torch.__version__,
+            "remeasured": {"methods": list(methods), "minutes": (time.perf_counter() - t0) / 60} if merged_from else None}
     md = to_markdown(summary, meta)
     print(md)
     if args.out:

@@ -87,21 +87,40 @@ def test_zero_outputs_silences_exactly_those_channels(module: nn.Module, x: torc
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_batchnorm_zero_outputs_keeps_gamma_and_outputs_zero(training: bool) -> None:
-    """With its input channel zero, BN's output is exactly 0 in train and eval mode after zeroing
-    beta and the running mean, while gamma stays (so gradients can revive the filter)."""
+def test_batchnorm_zero_outputs_gives_exact_zeros_whatever_the_input(training: bool) -> None:
+    """Gamma and beta of the channel are zeroed, so its output is exactly 0 in train and eval mode
+    even while the producing filter regrows (non-zero input), and the other channels are untouched."""
     bn = nn.BatchNorm2d(4)
     with torch.no_grad():
         bn.weight.uniform_(0.5, 1.5)
         bn.bias.uniform_(-1, 1)
         bn.running_mean.uniform_(-1, 1)
-    gamma = bn.weight.detach().clone()
+    gamma, beta = bn.weight.detach().clone(), bn.bias.detach().clone()
     layer_spec(bn).zero_outputs(bn, [2])
-    assert torch.equal(bn.weight.detach(), gamma)
-    x = torch.randn(3, 4, 5, 5)
-    x[:, 2] = 0
-    y = bn.train(training)(x)
+    assert float(bn.weight[2].detach()) == 0.0 and float(bn.bias[2].detach()) == 0.0
+    keep = [0, 1, 3]
+    assert torch.equal(bn.weight.detach()[keep], gamma[keep]) and torch.equal(bn.bias.detach()[keep], beta[keep])
+    y = bn.train(training)(torch.randn(3, 4, 5, 5))
     assert torch.equal(y[:, 2], torch.zeros_like(y[:, 2]))
+
+
+def test_soft_pruned_channels_do_not_regrow_at_full_strength() -> None:
+    """One epoch after a soft step (same fit, so the optimizer's momentum carries on), the zeroed
+    channels' BN outputs are still far weaker than the kept ones: they come back only as fast as
+    their gamma is learned. (Keeping gamma with a zero filter gives a zero batch variance, and the
+    ~300x amplified gradient regrows them at full strength in one step.)"""
+    torch.manual_seed(0)
+    model, t = ConvBN(), trainer()
+    t.fit(model, 1)
+    pruner = SoftFilterPruner(model, X, 0.5)
+    gone: list[int] = []
+    t.fit(model, 2, on_epoch_end=lambda epoch, m: gone.extend(chosen(pruner.step(), "bn2")) if epoch == 1 else None)
+    seen: dict[str, torch.Tensor] = {}
+    model.bn2.register_forward_hook(lambda m, i, o: seen.__setitem__("y", o.detach()))
+    model.train()(torch.randn(16, 3, 16, 16))
+    kept = [c for c in range(8) if c not in gone]
+    assert len(gone) == 4
+    assert float(seen["y"][:, gone].abs().mean()) < 0.1 * float(seen["y"][:, kept].abs().mean())
 
 
 def test_channel_mixing_norms_have_no_zero_outputs() -> None:
