@@ -7,7 +7,7 @@ model's full capacity while it trains and lets the choice settle. At the end the
 channels are removed physically (``finalize``).
 
 Why the removal at the end is exact: a step zeroes what each pruned channel's layers contribute
-(``LayerSpec.zero_outputs``: the filter and its bias, BatchNorm's beta and running mean), so the
+(``LayerSpec.zero_outputs``: the filter and its bias, BatchNorm's gamma and beta), so the
 channel carries exactly 0 into its consumers, which is what removing it means. Where a layer cannot
 be silenced that way (a GroupNorm, a sigmoid gate: sigmoid(0) = 0.5), ``finalize`` also zeroes the
 consumers' input slices exactly as the surgical-equivalence oracle does (``verify.zeroed_reference``),
@@ -53,7 +53,8 @@ class SoftFilterPruner:
     does, not between fits: the optimizer's state must survive the step. A zeroed channel feeding
     a ReLU sits at exactly 0, where relu'(0) = 0 passes no gradient back, so what moves its filter
     off zero again is the momentum (or Adam moment) accumulated before the step; a fresh optimizer
-    would leave conv-BN-ReLU channels zeroed for good.
+    would leave conv-BN-ReLU channels zeroed for good. Then a channel grows back only as fast as its
+    BatchNorm gamma is learned (see ``layers._zero_norm_outputs`` for why gamma is zeroed too).
 
     After ``step()``: ``plan`` is the step's Plan (not applied), ``changed`` lists for every step
     how many chosen channels were not chosen by the step before (the choice moving while zeroed
