@@ -236,6 +236,35 @@ def to_markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def headline(summary: list[dict[str, Any]], scope: str = "local") -> str:
+    """One compact table for the README: accuracy (mean +- std) per method and ratio, per model, at
+    ``scope`` (slimming is global by definition); the MACs kept under each ratio."""
+    models = list(dict.fromkeys(s["model"] for s in summary))
+    ratios = sorted({s["ratio"] for s in summary if s["ratio"] > 0})
+    by = {(s["model"], s["method"], s["scope"], s["ratio"]): s for s in summary}
+    head = "| method | " + " | ".join(f"{m} {r:.0%}" for m in models for r in ratios) + " |"
+    lines = [head, "|---" * (1 + len(models) * len(ratios)) + "|"]
+    dense = [by.get((m, "dense", "-", 0.0)) for m in models]
+    lines.append("| dense | " + " | ".join(f"{d['accuracy_mean']:.2f}" if d else "" for d in dense
+                                            for _ in ratios) + " |")
+    for method in AFTER + BEFORE:
+        sc = "global" if method == "slimming" else scope
+        cells = []
+        for m in models:
+            for r in ratios:
+                s = by.get((m, method, sc, r))
+                cells.append(f"{s['accuracy_mean']:.1f} +- {s['accuracy_std']:.1f}" if s else "")
+        if any(cells):
+            lines.append(f"| {method}{' (global)' if sc == 'global' and scope != 'global' else ''} | " + " | ".join(cells) + " |")
+    macs = []
+    for m in models:
+        for r in ratios:
+            s = by.get((m, "one-shot + fine-tune", scope, r))
+            macs.append(f"{s['macs_kept']:.3f}" if s else "")
+    lines.append("| *MACs kept* | " + " | ".join(macs) + " |")
+    return "\n".join(lines)
+
+
 def plot(summary: list[dict[str, Any]], path: Path) -> None:
     """Accuracy vs MACs kept, one panel per model: a colour per method, solid = local scope,
     dashed = global, the dense accuracy as a grey line; the legend sits below the panels."""

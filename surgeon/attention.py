@@ -109,7 +109,7 @@ def _couple_mha(ctx: "RuleContext") -> None:
     out = (node, 0)
     if why:
         for x in ins:
-            ctx.fix(ctx.t(x, -1), f"nn.MultiheadAttention with {why}", unsupported=True)
+            ctx.fix(ctx.t(x, -1), f"nn.MultiheadAttention with {why}")
         return
     q = ins[0]
     for d in range(len(ctx.shape(q)) - 1):
@@ -161,7 +161,8 @@ def _zero_mha_inputs(m: nn.Module, channels: list[int]) -> None:
 
 def _mha_spec() -> Any:
     from .layers import LayerSpec
-    return LayerSpec(-1, -1, _couple_mha, _sync_mha, _check_mha, _zero_mha_inputs)
+    return LayerSpec(-1, -1, _couple_mha, _sync_mha, _check_mha, _zero_mha_inputs,
+                     size_attrs=("embed_dim", "kdim", "vdim", "num_heads"), macs="other")
 
 
 MHA_SPEC = _mha_spec()

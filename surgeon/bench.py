@@ -170,9 +170,9 @@ def prune_with_torch_pruning(model: nn.Module, x: torch.Tensor, ratio: float) ->
 
 
 def _maskable_weights(model: nn.Module) -> int:
-    from .mask import MASKABLE_TYPES
+    from .mask import is_maskable
 
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, MASKABLE_TYPES))
+    return sum(m.weight.numel() for m in model.modules() if is_maskable(m))
 
 
 def mask_to_match(model: nn.Module, removed_params: int) -> float:

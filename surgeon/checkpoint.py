@@ -1,9 +1,10 @@
 """Saving a pruned model and loading it back into a freshly built instance of the original class.
 
 A plain ``state_dict`` cannot be loaded into the original architecture (the shapes differ), so the
-file also stores every registered layer's size attributes. Loading reshapes the fresh model's
-tensors and attributes first, then loads the weights. Only tensors, ints, strings and lists are
-stored, so ``torch.load(..., weights_only=True)`` reads it.
+file also stores the size attributes of every layer the registry knows (``LayerSpec.size_attrs``:
+``in_channels``, ``embedding_dim``, ``num_heads``...). Loading reshapes the fresh model's tensors and
+attributes first, loads the weights, then checks every layer (``LayerSpec.check``). Only tensors,
+ints, strings and lists are stored, so ``torch.load(..., weights_only=True)`` reads it.
 """
 from __future__ import annotations
 
@@ -14,23 +15,22 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from .layers import LAYER_SPECS
-from .registry import lookup
+from .registry import layer_spec
 from .surgery import Snapshot
 
 __all__ = ["save", "load", "FORMAT"]
 
 FORMAT = "surgeon-pruned-v1"
-_SIZE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features",
-               "num_features", "num_channels", "num_groups", "normalized_shape", "num_parameters")
 
 
 def _layer_attrs(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Qualified name -> size attributes of every module with a layer spec (its class's or its
+    nearest registered base's, whatever its forward: a subclass's attributes are cut too)."""
     out = {}
     for name, m in model.named_modules():
-        entry = lookup("call_module", name, m)
-        if entry is not None and entry.layer is not None:
-            attrs = {a: getattr(m, a) for a in _SIZE_ATTRS if hasattr(m, a)}
+        spec = layer_spec(m)
+        if spec is not None:
+            attrs = {a: getattr(m, a) for a in spec.size_attrs}
             out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()}
     return out
 
@@ -82,8 +82,8 @@ def load(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
             for k, v in attrs.items():
                 setattr(m, k, tuple(v) if isinstance(v, list) else v)
         model.load_state_dict(state, strict=True)
-        bad = [f"{n}: {msg}" for n, m in modules.items() if type(m) in LAYER_SPECS
-               for msg in LAYER_SPECS[type(m)].check(m)]
+        specs = {n: layer_spec(m) for n, m in modules.items()}
+        bad = [f"{n}: {msg}" for n, spec in specs.items() if spec is not None for msg in spec.check(modules[n])]
         if bad:
             raise ValueError("loaded layers disagree with their tensors: " + "; ".join(bad[:5]))
     except Exception:

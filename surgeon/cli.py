@@ -227,7 +227,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         bar.set_description("tracing and planning")
         t0 = time.perf_counter()
         kwargs: dict[str, Any] = {"criterion": args.criterion, "scope": args.scope,
-                                  "ignore": _split(args.ignore) or None, "round_to": args.round_to,
+                                  "ignore": _split(args.ignore) or None, "freeze": _split(args.freeze) or None,
+                                  "round_to": args.round_to,
                                   "tracer": args.tracer, "keep_outputs": args.keep_outputs}
         # only what the user set: plan() refuses a ratio together with a MACs / params target
         for key in ("ratio", "target_macs", "target_params"):
@@ -428,7 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criterion", default="l1", help="channel importance: l1 (default), l2, ... (see surgeon.CRITERIA)")
     p.add_argument("--scope", default="local", help="local (same ratio in every group, default) or global")
     p.add_argument("--ignore", action="append", metavar="NAME",
-                   help="module to leave untouched (qualified name, e.g. fc); repeat for several")
+                   help="module whose output channels stay (qualified name, e.g. fc); its inputs may still "
+                   "shrink, as Torch-Pruning's ignored_layers; repeat or comma-separate for several")
+    p.add_argument("--freeze", action="append", metavar="NAME",
+                   help="module to leave exactly as it is, inputs included (every channel group touching "
+                   "its parameters stays whole); repeat or comma-separate for several")
     p.add_argument("--round-to", type=_positive_int, metavar="N", help="keep channel counts multiples of N")
     p.add_argument("--keep-outputs", type=_index_list, metavar="I,J", help="only these model outputs (indices "
                    "of the flattened output tensors) keep their shapes; default all (e.g. 0 for a detector "

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Mapping
 import torch.fx as fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from .count import Counts, count, format_count
+from .count import Counts, contracted_operand, count, format_count
 from .graph import param_paths
 from .indexmap import Pos
 
@@ -35,10 +35,6 @@ class Footprint:
 
     def __str__(self) -> str:
         return f"{format_count(self.macs)}MACs, {format_count(self.params)} params"
-
-
-# count's NodeCount.kind -> which input carries the contracted (reduced) dim of a matmul
-_MATMUL_OPERAND = {"matmul": 0, "mm": 0, "bmm": 0, "addmm": 1, "baddbmm": 1, "addbmm": 1}
 
 
 def _dims(node: fx.Node) -> list[Pos]:
@@ -81,9 +77,8 @@ class CostModel:
             return _dims(node)
         sized = _dims(node.args[0]) if kind == "conv_transpose" else _dims(node)  # input / output elements
         if kind == "matmul":
-            name = str(getattr(node.target, "__name__", node.target)).strip("_")
-            operand = node.args[_MATMUL_OPERAND.get(name, 0)]
-            reduced = _dims(operand)[-1:]
+            operand = contracted_operand(node)
+            reduced = _dims(operand)[-1:] if operand is not None else []
         elif node.op == "call_module":
             weight = getattr(modules[str(node.target)], "weight", None)
             reduced = [Pos("p", paths[id(weight)], 1)] if weight is not None and id(weight) in paths else []

@@ -29,6 +29,11 @@ batch of 8 costs 8x a batch of 1 for every op here):
 * ``other``: any other leaf module (RNNs, MultiheadAttention, ...): output
   elements, i.e. a large under-count; trace through or extend if it matters.
 
+An op's kind comes from the op registry (``surgeon.registry.mac_kind``): a
+layer's ``LayerSpec.macs``, a parameter-free op's entry; the formulas are
+listed in ``surgeon.layers.MAC_KINDS``.  A function or method the registry
+does not know counts as ``elementwise``.
+
 Parameters: the ``numel`` of every parameter of the model (buffers excluded),
 whether or not the traced forward uses it, shared/tied parameters once.  A
 node's ``params`` are the parameters it is the first to use, so per-node
@@ -53,9 +58,10 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .registry import mac_kind
 from .trace import ExampleInputs, as_example_inputs, eval_mode
 
-__all__ = ["Counts", "NodeCount", "count", "format_count"]
+__all__ = ["Counts", "NodeCount", "count", "format_count", "contracted_operand"]
 
 
 @dataclass(frozen=True)
@@ -102,87 +108,9 @@ class Counts:
 # classification
 # ----------------------------------------------------------------------------
 
-_SHAPE_NAMES = frozenset(
-    """view reshape flatten unflatten permute transpose t contiguous squeeze unsqueeze
-    expand expand_as repeat tile cat concat concatenate stack hstack vstack split chunk
-    tensor_split unbind narrow select getitem size dim numel to type float half double
-    bfloat16 int long bool cpu cuda detach clone view_as reshape_as movedim moveaxis
-    swapaxes swapdims roll flip pixel_shuffle pixel_unshuffle channel_shuffle pad
-    dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout identity
-    getattr zeros ones full empty arange zeros_like ones_like full_like empty_like
-    new_zeros new_ones new_full new_empty tensor as_tensor embedding index_select
-    constant_tensor attribute_int type_as
-    gather masked_fill""".split()
-)
-_ACTIVATION_NAMES = frozenset(
-    """relu relu6 leaky_relu gelu silu sigmoid tanh hardswish hardsigmoid mish elu selu
-    celu softplus softmax log_softmax softmin prelu rrelu hardtanh glu logsigmoid softsign
-    tanhshrink threshold hardshrink softshrink""".split()
-)
-_NORM_NAMES = frozenset(
-    """batch_norm layer_norm group_norm instance_norm rms_norm local_response_norm
-    normalize""".split()
-)
-_MATMUL_NAMES = {"matmul": 0, "mm": 0, "bmm": 0, "addmm": 1, "baddbmm": 1, "addbmm": 1}
-_CONV_NAMES = frozenset({"conv1d", "conv2d", "conv3d"})
-_CONVT_NAMES = frozenset({"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
-
-_SHAPE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Identity, nn.Flatten, nn.Unflatten, nn.PixelShuffle, nn.PixelUnshuffle,
-    nn.ChannelShuffle, nn.Embedding,
-    nn.modules.dropout._DropoutNd,
-)
-
-
 def _module_kind(m: nn.Module) -> str:
-    """Category of a leaf module, by type (subclasses count like their base)."""
-    if isinstance(m, nn.modules.conv._ConvTransposeNd):
-        return "conv_transpose"
-    if isinstance(m, nn.modules.conv._ConvNd):
-        return "conv"
-    if isinstance(m, nn.Linear):
-        return "linear"
-    if isinstance(m, _SHAPE_MODULES):
-        return "shape"
-    mod = type(m).__module__
-    if mod == "torch.nn.modules.padding":
-        return "shape"
-    if mod == "torch.nn.modules.pooling":
-        return "pool"
-    if mod == "torch.nn.modules.normalization" or isinstance(m, nn.modules.batchnorm._NormBase):
-        return "norm"
-    if mod == "torch.nn.modules.activation" and not isinstance(m, nn.MultiheadAttention):
-        return "activation"
-    if isinstance(m, nn.Upsample):
-        return "elementwise"
-    return "other"
-
-
-def _callable_name(target: Any) -> str:
-    """Bare lower-case name of a function/method target, in-place suffix removed."""
-    name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
-    name = name.strip("_") if name.startswith("__") else name.rstrip("_")
-    return name.lower()
-
-
-def _function_kind(name: str) -> str:
-    if name in _CONV_NAMES:
-        return "conv"
-    if name in _CONVT_NAMES:
-        return "conv_transpose"
-    if name == "linear":
-        return "linear"
-    if name in _MATMUL_NAMES:
-        return "matmul"
-    if name in _NORM_NAMES:
-        return "norm"
-    if "pool" in name:
-        return "pool"
-    if name in _SHAPE_NAMES:
-        return "shape"
-    if name in _ACTIVATION_NAMES:
-        return "activation"
-    return "elementwise"
+    """Category of a leaf module: its registry entry's (subclasses count like their base)."""
+    return mac_kind("call_module", None, m)
 
 
 def _qualname(target: Any) -> str:
@@ -232,7 +160,9 @@ def _weighted_macs(
 def _module_macs(m: nn.Module, kind: str, in_shape: Sequence[int] | None,
                  out_shape: Sequence[int] | None) -> int:
     if kind in ("conv", "conv_transpose", "linear"):
-        return _weighted_macs(kind, out_shape, in_shape, tuple(m.weight.shape))  # type: ignore[union-attr]
+        weight = getattr(m, "weight", None)  # a registered layer of these kinds keeps its weight there
+        shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
+        return _weighted_macs(kind, out_shape, in_shape, shape)
     if kind == "shape":
         return 0
     return _numel(out_shape)
@@ -300,13 +230,12 @@ def _count_fx(model: nn.Module, inputs: ExampleInputs,
             rows.append(NodeCount(node.name, type(m).__name__, kind, macs,
                                   fresh_params(m.parameters()), str(node.target)))
         elif node.op in ("call_function", "call_method"):
-            name = _callable_name(node.target)
-            kind = _function_kind(name) if out_shape is not None else "shape"
+            kind = mac_kind(node.op, node.target) if out_shape is not None else "shape"
             if kind in ("conv", "conv_transpose", "linear"):
                 macs = _weighted_macs(kind, out_shape, _node_shape(_arg(node, 0, "input")),
                                       _node_shape(_arg(node, 1, "weight")))
             elif kind == "matmul":
-                a = _node_shape(_arg(node, _MATMUL_NAMES[name], "input"))
+                a = _node_shape(contracted_operand(node))
                 macs = _numel(out_shape) * (a[-1] if a else 1)
             elif kind == "shape":
                 macs = 0
@@ -319,6 +248,13 @@ def _count_fx(model: nn.Module, inputs: ExampleInputs,
             if params:
                 rows.append(NodeCount(node.name, "get_attr", "param", 0, params, str(node.target)))
     return rows
+
+
+def contracted_operand(node: fx.Node) -> Any:
+    """The operand of a matmul-kind node whose last dim is summed over: the second-to-last operand
+    (``a`` in ``a @ b``, ``torch.bmm(a, b)``, ``torch.addmm(c, a, b)``, ``c.baddbmm(a, b)``)."""
+    operands = [a for a in list(node.args) + list(node.kwargs.values()) if isinstance(a, fx.Node)]
+    return operands[-2] if len(operands) > 1 else (operands[0] if operands else None)
 
 
 def _get_attr(root: nn.Module, target: str) -> Any:

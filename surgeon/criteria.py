@@ -41,6 +41,8 @@ from torch import nn
 
 from .groups import Group
 from .indexmap import Pos
+from .registry import layer_spec
+from .trace import eval_mode
 
 __all__ = ["Criterion", "CRITERIA", "REDUCTIONS", "SIDES", "get_criterion", "bind_criterion",
            "member_scores", "reduce_members", "member_filter", "check_side", "check_reduction", "accumulate_gradients",
@@ -63,14 +65,14 @@ def _owner(model: nn.Module | None, ref: str) -> nn.Module | None:
 
 
 def is_input_side(model: nn.Module | None, pos: Pos) -> bool:
-    """True when ``pos`` is the dim of a layer's weight that reads input channels: ``weight[:, c]``
-    of a Conv or Linear, ``weight[c]`` of a ConvTranspose (whose weight is (in, out/groups, k...))."""
+    """True when ``pos`` is the dim of a layer's weight that reads input channels (the layer spec's
+    ``weight_dims[0]``): ``weight[:, c]`` of a Conv or Linear, ``weight[c]`` of a ConvTranspose
+    (whose weight is (in, out/groups, k...))."""
     m = _owner(model, pos.ref)
     if not pos.ref.endswith("weight") or m is None:
         return False
-    if isinstance(m, nn.modules.conv._ConvNd):
-        return pos.dim == (0 if m.transposed else 1)
-    return isinstance(m, nn.Linear) and pos.dim == 1
+    spec = layer_spec(m)
+    return spec is not None and spec.weight_dims is not None and pos.dim == spec.weight_dims[0]
 
 
 def check_side(side: Any) -> str:
@@ -319,38 +321,38 @@ def accumulate_gradients(model: nn.Module, data: Iterable[Any],
                          loss_fn: Callable[[Any, Any], torch.Tensor]) -> dict[str, torch.Tensor]:
     """Mean gradient of ``loss_fn(model(*inputs), target)`` over the ``(inputs, target)`` batches of
     ``data``, keyed by parameter path. The model is left as it was: it runs in eval mode (so
-    BatchNorm statistics do not move), gradients come from ``torch.autograd.grad`` (so no ``.grad``
-    is written), and parameters that were frozen are unfrozen only for the duration."""
+    BatchNorm statistics do not move; every module gets its own train / eval flag back),
+    gradients come from ``torch.autograd.grad`` (so no ``.grad`` is written), and parameters that
+    were frozen are unfrozen only for the duration."""
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (output, target) -> scalar loss, got {type(loss_fn).__name__}")
     named: dict[str, nn.Parameter] = dict(model.named_parameters())
     names = [n for n, p in named.items() if p.is_floating_point()]
     params = [named[n] for n in names]
-    was_training, frozen = model.training, [p for p in params if not p.requires_grad]
+    frozen = [p for p in params if not p.requires_grad]
     total: list[torch.Tensor | None] = [None] * len(params)
     batches = 0
-    model.eval()
     for p in frozen:
         p.requires_grad_(True)
     try:
-        for batch in data:
-            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-                raise TypeError("data must yield (inputs, target) pairs (inputs: a tensor or a tuple of "
-                                f"tensors), got a {type(batch).__name__}")
-            inputs, target = batch
-            loss = loss_fn(model(*_as_inputs(inputs)), target)
-            if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
-                raise TypeError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}"
-                                + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else ""))
-            gs = torch.autograd.grad(loss, params, allow_unused=True)
-            for i, g in enumerate(gs):
-                if g is not None:
-                    total[i] = g.detach() if total[i] is None else total[i] + g.detach()
-            batches += 1
+        with eval_mode(model):
+            for batch in data:
+                if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+                    raise TypeError("data must yield (inputs, target) pairs (inputs: a tensor or a tuple of "
+                                    f"tensors), got a {type(batch).__name__}")
+                inputs, target = batch
+                loss = loss_fn(model(*_as_inputs(inputs)), target)
+                if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
+                    raise TypeError(f"loss_fn must return a scalar tensor, got {type(loss).__name__}"
+                                    + (f" of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else ""))
+                gs = torch.autograd.grad(loss, params, allow_unused=True)
+                for i, g in enumerate(gs):
+                    if g is not None:
+                        total[i] = g.detach() if total[i] is None else total[i] + g.detach()
+                batches += 1
     finally:
         for p in frozen:
             p.requires_grad_(False)
-        model.train(was_training)
     if batches == 0:
         raise ValueError("data yielded no batches; pass a list or a DataLoader of (inputs, target) "
                          "pairs (a generator is used up after one pass)")

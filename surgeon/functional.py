@@ -57,8 +57,8 @@ def conv(ctx: "RuleContext") -> None:
     if groups != 1 and not (isinstance(owner, nn.modules.conv._ConvNd) and owner.groups == groups
                             and owner.weight is not None and owner.in_channels == in_c):
         why = f"grouped {ctx.op_name} (groups={groups}) with a group count the surgery cannot update"
-        ctx.fix(ctx.t(x, 1), why, unsupported=True)
-        ctx.fix(ctx.t(node, 1), why, unsupported=True)
+        ctx.fix(ctx.t(x, 1), why)
+        ctx.fix(ctx.t(node, 1), why)
         return
     couple_conv(ctx, ctx.t(x, 1), ctx.t(node, 1), ctx.t(w, 0), ctx.t(w, 1),
                 ctx.t(b, 0) if b is not None else None, in_c, out_c, groups or 1)
@@ -116,7 +116,7 @@ def group_norm(ctx: "RuleContext") -> None:
     owner = ctx.owner_of(w) if w is not None else None
     num_groups = int_value(num_groups)
     if not (isinstance(owner, nn.GroupNorm) and num_groups == owner.num_groups):
-        ctx.fix(ctx.t(x, 1), f"{ctx.op_name} with a group count the surgery cannot update", unsupported=True)
+        ctx.fix(ctx.t(x, 1), f"{ctx.op_name} with a group count the surgery cannot update")
         return
     c = ctx.t(x, 1)
     n = ctx.shape(x)[1]

@@ -30,13 +30,14 @@ Ref = Union[fx.Node, tuple]  # a node, or (node, k) for the k-th tensor of a tup
 
 @dataclass(frozen=True)
 class Fixed:
-    """Why a position cannot shrink. ``unsupported`` reasons (unknown op, hard-coded size) are
-    warned about when they freeze a group that has parameters; the others (model input / output,
-    spatial dims) are expected and silent."""
+    """Why a position cannot shrink. ``expected`` fixes are the ones every model has (its own inputs
+    and outputs keep their shapes): they never warn. Every other fix (an unknown op, a hard-coded
+    size, a reduction over the channels...) freezes channels the user may have wanted pruned, so it
+    is warned about (``FrozenGroupWarning``) when it freezes a group that has parameters."""
 
     reason: str
     node: str
-    unsupported: bool = False
+    expected: bool = False
 
     def __str__(self) -> str:
         return f"{self.reason} (node {self.node})"
@@ -153,10 +154,11 @@ class RuleContext:
         assert n == self._b.g.nodes[b]["size"], f"identity between {a} and {b} of different sizes"
         self.couple(a, b, IndexMap.identity(n))
 
-    def fix(self, pos: Pos, reason: str, unsupported: bool = False) -> None:
-        if unsupported and self.source:
+    def fix(self, pos: Pos, reason: str) -> None:
+        """Freeze ``pos`` because of this op; the reason names the user's source line when known."""
+        if self.source:
             reason = f"{reason} at {self.source}"
-        self._b.fix(pos, Fixed(reason, self.node.name, unsupported))
+        self._b.fix(pos, Fixed(reason, self.node.name))
 
     @property
     def source(self) -> str:
@@ -315,7 +317,7 @@ class _Builder:
             if node.op == "placeholder":
                 for ref in self.outputs_of(node):
                     for p in self.all_positions(ref):
-                        self.fix(p, Fixed("model input", node.name))
+                        self.fix(p, Fixed("model input", node.name, expected=True))
             elif node.op == "output":
                 refs = self.tensor_refs(list(node.args))
                 keep = range(len(refs)) if self.keep_outputs is None else self.keep_outputs
@@ -326,7 +328,7 @@ class _Builder:
                                      "of a flattened output: tuples, lists, dict values, dataclass fields)")
                 for i in keep:
                     for p in self.all_positions(refs[i]):
-                        self.fix(p, Fixed("model output", node.name))
+                        self.fix(p, Fixed("model output", node.name, expected=True))
             elif node.op == "get_attr":
                 self._get_attr(node, root)
             else:
@@ -358,7 +360,7 @@ class _Builder:
             reason = f"unsupported op {ctx.op_name}" + (f" at {ctx.source}" if ctx.source else "")
             for ref in ins + outs:
                 for p in self.all_positions(ref):
-                    self.fix(p, Fixed(reason, node.name, unsupported=True))
+                    self.fix(p, Fixed(reason, node.name))
             return
         if entry.shape_only:
             return
@@ -369,7 +371,7 @@ class _Builder:
             reason = f"{ctx.op_name} rule failed ({type(e).__name__}: {e})" + (f" at {ctx.source}" if ctx.source else "")
             for ref in ins + outs:
                 for p in self.all_positions(ref):
-                    self.fix(p, Fixed(reason, node.name, unsupported=True))
+                    self.fix(p, Fixed(reason, node.name))
             return
         why = Fixed(f"not mapped through {ctx.op_name}", node.name)
         for ref in ins + outs:

@@ -21,8 +21,6 @@ from .indexmap import Pos
 
 __all__ = ["Group", "find_groups"]
 
-_EXPECTED = ("model input", "model output")
-
 
 @dataclass
 class Group:
@@ -59,8 +57,9 @@ class Group:
 
     @property
     def unexpected_fixes(self) -> list[Fixed]:
-        """Fix reasons worth a warning: anything but the model's own inputs and outputs."""
-        return [f for f in self.fixed if f.reason not in _EXPECTED]
+        """Fix reasons worth a warning: anything but the ``expected`` ones (the model's own inputs
+        and outputs)."""
+        return [f for f in self.fixed if not f.expected]
 
     def frozen_reason(self) -> str:
         if not self.fixed:
@@ -127,8 +126,7 @@ def check_sizes(g: nx.DiGraph) -> None:
         if ok:
             continue
         origin = "of unknown origin" if sources is None else "read off another tensor's size"
-        why = Fixed(f"size {origin} in {where}", where.split("node ")[-1].split(",")[0].rstrip(")"),
-                    unsupported=True)
+        why = Fixed(f"size {origin} in {where}", where.split("node ")[-1].split(",")[0].rstrip(")"))
         for p in [target] + [s for s in (sources or []) if s in comp]:
             if why not in g.nodes[p]["fixed"]:
                 g.nodes[p]["fixed"].append(why)

@@ -4,7 +4,12 @@ layer's size attributes are recomputed after its tensors shrink.
 Each ``LayerSpec`` keeps everything surgeon knows about one layer type in one place: the coupling
 rule (used while building the graph), ``sync`` (used by the surgery to update ``in_channels``,
 ``num_features``...), ``check`` (the post-surgery invariant: attributes agree with tensors),
-``zero_inputs`` (used by the surgical-equivalence oracle) and ``zero_outputs`` (soft pruning).
+``zero_inputs`` (used by the surgical-equivalence oracle), ``zero_outputs`` (soft pruning),
+``size_attrs`` (what ``surgeon.save`` stores and ``surgeon.load`` restores), ``weight_dims`` (where
+criteria read input channels; also what makes a layer maskable by ``surgeon.mask``) and ``macs``
+(how ``surgeon.count`` counts a call). Supporting a new layer is one spec, registered with
+``registry.register_module(type, spec.couple, layer=spec)``; every other module reaches the spec
+through the registry (``registry.layer_spec``), never through ``LAYER_SPECS``.
 """
 from __future__ import annotations
 
@@ -19,7 +24,31 @@ from .indexmap import IndexMap, Pos
 if TYPE_CHECKING:
     from .graph import RuleContext
 
-__all__ = ["LayerSpec", "LAYER_SPECS", "couple_conv"]
+__all__ = ["LayerSpec", "LAYER_SPECS", "MAC_KINDS", "check_mac_kind", "couple_conv"]
+
+# How ``surgeon.count`` counts one call of an op, by kind (``NodeCount.kind``). A layer names its kind
+# in ``LayerSpec.macs``, a parameter-free op in its registry entry; ``surgeon.cost`` scales the same
+# formulas after a removal.
+MAC_KINDS: dict[str, str] = {
+    "conv": "output elements x weight[1:] elements (in_channels / groups x kernel)",
+    "conv_transpose": "input elements x weight[1:] elements (out_channels / groups x kernel)",
+    "linear": "output elements x weight[1:] elements (in_features)",
+    "matmul": "output elements x the contracted dim (last dim of the second-to-last operand)",
+    "norm": "output elements",
+    "pool": "output elements",
+    "activation": "output elements",
+    "elementwise": "output elements",
+    "other": "output elements (a leaf module surgeon has no formula for: an under-count)",
+    "shape": "0 (moves or creates data without arithmetic)",
+}
+
+
+def check_mac_kind(kind: str, what: str) -> str:
+    """``kind`` if it is a key of ``MAC_KINDS``, else a ValueError naming ``what`` and the choices."""
+    if kind not in MAC_KINDS:
+        raise ValueError(f"{what} has MAC kind {kind!r}; choose one of {', '.join(map(repr, MAC_KINDS))} "
+                         "(see layers.MAC_KINDS for each formula)")
+    return kind
 
 
 @dataclass(frozen=True)
@@ -39,8 +68,14 @@ class LayerSpec:
         channels) or is not needed (the soft pruner then skips the layer).
     mixing: True when the layer normalises *across* channels, so removing one changes the others
         (surgical equivalence then does not hold exactly; tests use shape / ONNX parity instead).
-    weight_dims: (input dim, output dim) of ``weight``, for a layer whose tensors a subclass uses
-        functionally (``F.conv2d(x, self.weight)``): the oracle reads its cut input channels there.
+    weight_dims: (input dim, output dim) of ``weight``: where the layer's input / output channels lie
+        in its weight. Criteria score input channels there (``side="in"``), the oracle and
+        ``Plan.removed`` read a functionally used layer's cuts there (``F.conv2d(x, self.weight)``),
+        and a layer with weight_dims is maskable (``surgeon.mask``: channels along the output dim,
+        N:M along the input dim). None: the layer has no such weight (norms, Embedding).
+    size_attrs: the module attributes ``sync`` may change (``in_channels``, ``num_features``...):
+        ``surgeon.save`` stores them and ``surgeon.load`` sets them on a fresh model before ``check``.
+    macs: how ``surgeon.count`` counts one call, a key of ``MAC_KINDS``.
     """
 
     in_dim: int
@@ -53,6 +88,16 @@ class LayerSpec:
     mixing: bool = False
     notes: str = field(default="")
     weight_dims: Optional[tuple[int, int]] = None  # (input dim, output dim) of ``weight``
+    size_attrs: tuple[str, ...] = ()
+    macs: str = "other"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size_attrs, str):
+            raise TypeError(f"LayerSpec size_attrs must be a tuple of attribute names, got the string "
+                            f"{self.size_attrs!r} (a one-name tuple needs a comma: ({self.size_attrs!r},))")
+        if not all(isinstance(a, str) for a in self.size_attrs):
+            raise TypeError(f"LayerSpec size_attrs must be a tuple of attribute names, got {self.size_attrs!r}")
+        check_mac_kind(self.macs, "LayerSpec")
 
 
 def _pass_through(ctx: "RuleContext", skip: int | None = None) -> None:
@@ -138,7 +183,7 @@ def _couple_conv_transpose(ctx: "RuleContext") -> None:
     x = ctx.tensor_inputs()[0]
     ctx.same(ctx.t(x, 0), ctx.t(ctx.node, 0))
     if m.groups != 1:
-        ctx.fix(ctx.t(x, 1), f"grouped {type(m).__name__} is not supported", unsupported=True)
+        ctx.fix(ctx.t(x, 1), f"grouped {type(m).__name__} is not supported")
         return
     ctx.same(ctx.t(x, 1), ctx.p("weight", 0))  # ConvTranspose weight is (in, out/groups, k...)
     ctx.same(ctx.t(ctx.node, 1), ctx.p("weight", 1))
@@ -278,7 +323,7 @@ def _couple_layer_norm(ctx: "RuleContext") -> None:
         _pass_through(ctx)  # normalised dims are fixed below (mixing over several dims)
         x = ctx.tensor_inputs()[0]
         for d in range(1, len(m.normalized_shape) + 1):
-            ctx.fix(ctx.t(x, -d), "LayerNorm over several dims is not supported", unsupported=True)
+            ctx.fix(ctx.t(x, -d), "LayerNorm over several dims is not supported")
         return
     _couple_per_channel(ctx, dim=-1)
 
@@ -334,25 +379,32 @@ def _check_embedding(m: nn.Module) -> list[str]:
 
 
 _CONV = LayerSpec(1, 1, _couple_conv, _sync_conv, _check_conv, _zero_conv_inputs, _zero_conv_outputs,
-                  weight_dims=(1, 0))
+                  weight_dims=(1, 0), size_attrs=("in_channels", "out_channels", "groups"), macs="conv")
 _CONVT = LayerSpec(1, 1, _couple_conv_transpose, _sync_conv_transpose, _check_conv_transpose,
-                   _zero_conv_transpose_inputs, _zero_conv_transpose_outputs, weight_dims=(0, 1))
+                   _zero_conv_transpose_inputs, _zero_conv_transpose_outputs, weight_dims=(0, 1),
+                   size_attrs=("in_channels", "out_channels"), macs="conv_transpose")
 _NORM = LayerSpec(1, 1, _couple_per_channel, _sync_num_features, _check_num_features,
-                  zero_outputs=_zero_norm_outputs)
+                  zero_outputs=_zero_norm_outputs, size_attrs=("num_features",), macs="norm")
 
+# The built-in layers; the registry registers each one (read a spec through ``registry.layer_spec``).
 LAYER_SPECS: dict[type, LayerSpec] = {
     nn.Conv1d: _CONV, nn.Conv2d: _CONV, nn.Conv3d: _CONV,
     nn.ConvTranspose1d: _CONVT, nn.ConvTranspose2d: _CONVT, nn.ConvTranspose3d: _CONVT,
     nn.Linear: LayerSpec(-1, -1, _couple_linear, _sync_linear, _check_linear, _zero_linear_inputs,
-                         _zero_linear_outputs, weight_dims=(1, 0)),
+                         _zero_linear_outputs, weight_dims=(1, 0), size_attrs=("in_features", "out_features"),
+                         macs="linear"),
     nn.Embedding: LayerSpec(0, -1, _couple_embedding, _sync_embedding, _check_embedding,
-                            zero_outputs=_zero_embedding_outputs),
+                            zero_outputs=_zero_embedding_outputs,
+                            size_attrs=("num_embeddings", "embedding_dim"), macs="shape"),
     nn.BatchNorm1d: _NORM, nn.BatchNorm2d: _NORM, nn.BatchNorm3d: _NORM,
     nn.InstanceNorm1d: _NORM, nn.InstanceNorm2d: _NORM, nn.InstanceNorm3d: _NORM,
     # GroupNorm / LayerNorm normalise across channels: a zeroed channel's output, gamma * (0 - mean)
     # / std + beta, depends on its neighbours, so no zero_outputs; the soft pruner's final consumer
     # zeroing still makes the removal match the soft model
-    nn.GroupNorm: LayerSpec(1, 1, _couple_group_norm, _sync_group_norm, _check_group_norm),
-    nn.LayerNorm: LayerSpec(-1, -1, _couple_layer_norm, _sync_layer_norm, _check_layer_norm, mixing=True),
-    nn.PReLU: LayerSpec(1, 1, _couple_prelu, _sync_prelu, _check_prelu),  # PReLU(0) = 0: nothing to zero
+    nn.GroupNorm: LayerSpec(1, 1, _couple_group_norm, _sync_group_norm, _check_group_norm,
+                            size_attrs=("num_channels", "num_groups"), macs="norm"),
+    nn.LayerNorm: LayerSpec(-1, -1, _couple_layer_norm, _sync_layer_norm, _check_layer_norm, mixing=True,
+                            size_attrs=("normalized_shape",), macs="norm"),
+    nn.PReLU: LayerSpec(1, 1, _couple_prelu, _sync_prelu, _check_prelu,  # PReLU(0) = 0: nothing to zero
+                        size_attrs=("num_parameters",), macs="activation"),
 }

@@ -65,9 +65,10 @@ from torch import nn
 from torch.nn.utils import prune
 
 from surgeon.nm import _check_nm, nm_mask
+from surgeon.registry import layer_spec, registered_layers
 
 __all__ = [
-    "MASKABLE_TYPES",
+    "is_maskable",
     "GRANULARITIES",
     "CRITERIA",
     "SCOPES",
@@ -79,14 +80,18 @@ __all__ = [
     "remove_masks",
 ]
 
-_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-MASKABLE_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    *_TRANSPOSED,
-    nn.Linear,
-)
+
+def _weight_dims(module: nn.Module) -> tuple[int, int] | None:
+    """(input dim, output dim) of the module's ``weight``, from its layer spec; None if it has none."""
+    spec = layer_spec(module)
+    return spec.weight_dims if spec is not None else None
+
+
+def is_maskable(module: nn.Module) -> bool:
+    """True for a layer whose spec says where its weight's input and output channels lie
+    (``LayerSpec.weight_dims``): built in, every conv, transposed conv and linear, subclasses too."""
+    return _weight_dims(module) is not None
+
 GRANULARITIES = ("element", "vector", "kernel", "channel", "N:M")
 CRITERIA = ("l1", "l2")
 SCOPES = ("local", "global")
@@ -288,12 +293,12 @@ def _check_scope(scope: object, kind: str, granularity: object) -> str:
 
 
 def _type_names() -> str:
-    return ", ".join(t.__name__ for t in MASKABLE_TYPES)
+    return ", ".join(t.__name__ for t, spec in registered_layers().items() if spec.weight_dims is not None)
 
 
 def _select_modules(model: nn.Module, modules: object) -> list[tuple[str, nn.Module]]:
     named = list(model.named_modules())
-    maskable = [(name, mod) for name, mod in named if isinstance(mod, MASKABLE_TYPES)]
+    maskable = [(name, mod) for name, mod in named if is_maskable(mod)]
     if modules is None:
         if not maskable:
             raise ValueError(f"model has no maskable layers; mask() handles {_type_names()}")
@@ -332,7 +337,7 @@ def _select_modules(model: nn.Module, modules: object) -> list[tuple[str, nn.Mod
                 raise TypeError(
                     f"modules entries must be nn.Module objects or qualified names, got {item!r}"
                 )
-            if not isinstance(mod, MASKABLE_TYPES):
+            if not is_maskable(mod):
                 raise TypeError(
                     f"module {name!r} is a {type(mod).__name__}, which cannot be masked; "
                     f"expected one of {_type_names()}"
@@ -375,7 +380,8 @@ def mask(
     *,
     vector_size: int = 4,
 ) -> nn.Module:
-    """Mask the ``weight`` of conv / transposed-conv / linear layers in place.
+    """Mask the ``weight`` of conv / transposed-conv / linear layers in place (every layer whose
+    spec gives its weight's input and output dims, see ``is_maskable``).
 
     Args:
         model: the model; it is modified in place and returned.
@@ -415,21 +421,20 @@ def mask(
         )
         return model
     for _, mod in targets:
-        transposed = isinstance(mod, _TRANSPOSED)
+        w_in, w_out = _weight_dims(mod)  # type: ignore[misc]  # (1, 0) conv / linear, (0, 1) transposed
         if kind == "element":
             prune.l1_unstructured(mod, "weight", amount=value)
         elif kind == "channel":
-            prune.ln_structured(mod, "weight", amount=value, n=p, dim=1 if transposed else 0)
+            prune.ln_structured(mod, "weight", amount=value, n=p, dim=w_out)
         elif kind == "kernel":
             KernelPruningMethod.apply(mod, "weight", amount=value, p=p)
         elif kind == "vector":
             VectorPruningMethod.apply(mod, "weight", amount=value, p=p, vector_size=vector_size)
         else:
             assert nm is not None
-            if transposed:
-                NMPruningMethod.apply(mod, "weight", nm[0], nm[1], dim=0, groups=mod.groups)
-            else:
-                NMPruningMethod.apply(mod, "weight", nm[0], nm[1], dim=1)
+            # a transposed conv's dim 0 concatenates the inputs of all its groups: N:M per group
+            groups = getattr(mod, "groups", 1) if w_in == 0 else 1
+            NMPruningMethod.apply(mod, "weight", nm[0], nm[1], dim=w_in, groups=groups)
     return model
 
 
@@ -458,7 +463,7 @@ def sparsity(model: nn.Module) -> float:
         layers = [
             mod
             for mod in model.modules()
-            if isinstance(mod, MASKABLE_TYPES) and isinstance(getattr(mod, "weight", None), torch.Tensor)
+            if is_maskable(mod) and isinstance(getattr(mod, "weight", None), torch.Tensor)
         ]
     if not layers:
         raise ValueError(f"model has no masked or maskable layers ({_type_names()})")

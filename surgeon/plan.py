@@ -23,7 +23,9 @@ from .graph import iter_module_calls, layer_positions
 from .groups import Group
 from .indexmap import Pos
 from .planfile import plan_to_dict, save_plan
-from .scope import SCOPES, Candidate, GroupCut, Request, TargetReport, select
+from .protect import owner_name as _owner
+from .protect import protected_groups
+from .scope import SCOPES, Candidate, GroupCut, Request, TargetReport, producer_parts, select
 from .surgery import ShapeMismatch, apply_removal, resolve_tensor
 from .trace import node_source
 
@@ -82,15 +84,6 @@ def _module_names(model: nn.Module, items: Iterable[Any], arg: str) -> list[str]
         else:
             raise TypeError(f"{arg} entries must be modules or qualified names, got {type(item).__name__}")
     return names
-
-
-def _is_under(path: str, names: set[str]) -> bool:
-    owner = path.rsplit(".", 1)[0] if "." in path else ""
-    return any(owner == n or owner.startswith(n + ".") or n == "" for n in names)
-
-
-def _owner(path: str) -> str:
-    return path.rsplit(".", 1)[0] if "." in path else ""
 
 
 def removed_counts(cuts: list[GroupCut]) -> dict[Pos, int]:
@@ -371,7 +364,7 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
          target_macs: float | None = None, target_params: float | None = None,
          data: Iterable[Any] | None = None, loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
          baseline: Baseline | None = None, tracer: str = "auto",
-         keep_outputs: Sequence[int] | None = None) -> Plan:
+         keep_outputs: Sequence[int] | None = None, freeze: Sequence[Any] | None = None) -> Plan:
     """Trace ``model``, score every prunable group and decide what to remove (nothing is changed).
 
     ratio: fraction of channels removed, in [0, 1): from each group (local scope) or from all
@@ -379,9 +372,15 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
         its channels.
     criterion: a name in ``surgeon.criteria.CRITERIA`` ("l1", "l2", "fpgm", "bn_scale", "taylor",
         "random") or a callable (group, tensors) -> per-channel scores.
-    scope: "local" (same ratio in every group) or "global" (see ``surgeon.scope``).
-    ignore: modules (or qualified names) that must stay untouched: every group that would change
-        any of their parameters is kept whole. The model's outputs are never pruned.
+    scope: "local" (same ratio in every group; the channels of a concatenation are cut per
+        producer, so each branch loses that ratio) or "global" (see ``surgeon.scope``).
+    ignore: modules (or qualified names) whose *output* channels stay, as Torch-Pruning's
+        ``ignored_layers``: their inputs may still shrink (``ignore=[model.fc]`` on a Linear 512 -> 10
+        may give a Linear 256 -> 10). A container ignores every layer in it. A module not called as
+        a layer (its tensors used functionally) keeps all its parameters, with a warning. No need
+        to ignore the classifier: the model's outputs are never pruned (see ``keep_outputs``).
+    freeze: modules (or qualified names) that stay exactly as they are: every group touching any of
+        their parameters is kept whole, so their inputs keep their width too.
     round_to: keep channel counts multiples of this number (e.g. 8 for vectorised kernels).
     reduction: how a group's members combine per channel: "mean", "sum", "max" or "first".
     side: which members score: "all", "out" (filters and norm scales) or "in" (the consumers'
@@ -411,9 +410,15 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     if needs_data(fn) and (data is None or loss_fn is None):
         raise ValueError(f"criterion {getattr(fn, '__name__', fn)!r} needs gradients: pass data=[(inputs, "
                          "target), ...] (a few batches) and loss_fn=(output, target) -> loss")
-    ignored = set(_module_names(model, ignore or (), "ignore"))
+    ignored = _module_names(model, ignore or (), "ignore")
+    frozen = _module_names(model, freeze or (), "freeze")
     overrides = _check_ratios(model, ratios)
     graph = trace(model, example_inputs, leaf_modules=leaf_modules, tracer=tracer, keep_outputs=keep_outputs)
+    protected = protected_groups(graph, ignored, frozen)
+    if protected.strict:
+        warnings.warn(f"ignored module(s) {list(protected.strict[:5])} are not called as layers (their tensors "
+                      "are used functionally or inside another module), so their output side is unknown: every "
+                      "group touching their parameters is kept whole, as with freeze=", UserWarning, stacklevel=2)
     cost = cost_model(graph)
     grads = accumulate_gradients(model, data, loss_fn) if needs_data(fn) else None
     score = bind_criterion(fn, reduction, model=model, grads=grads)
@@ -426,12 +431,12 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
         if not g.prunable:
             if g.n > 1:
                 skipped[g.id] = g.frozen_reason()
-            elif not g.fixed and baseline is not None and not any(_is_under(p.ref, ignored) for p in g.params):
+            elif not g.fixed and baseline is not None and g.id not in protected.reasons:
                 retired[0] += _original_channels(g, baseline)
                 retired[1] += g.n
             continue
-        if any(_is_under(p.ref, ignored) for p in g.params):
-            skipped[g.id] = "touches an ignored module"
+        if g.id in protected.reasons:
+            skipped[g.id] = protected.reasons[g.id]
             continue
         tensors = {p.ref: resolve_tensor(model, p.ref) for p in g.params}
         with torch.no_grad():
@@ -447,7 +452,10 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
                              f"({', '.join(g.layers[:3])}); return finite scores, or NaN for all to skip it")
         over, hit = _override(model, g, overrides)
         used |= hit
-        cands.append(Candidate(g, scores, _original_channels(g, baseline), over))
+        n0 = _original_channels(g, baseline)
+        producers = [p for p in g.params if not is_input_side(model, p)]
+        parts = producer_parts(g, producers, baseline.sizes if baseline is not None else None, n0)
+        cands.append(Candidate(g, scores, n0, over, parts))
     unused = sorted(set(overrides) - used)
     if unused:
         raise ValueError(f"ratios names {unused}, whose output channels are not in any prunable group "

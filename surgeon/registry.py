@@ -1,9 +1,12 @@
-"""The one op registry: fx target -> how channels flow through it.
+"""The one op registry: fx target -> how channels flow through it, and what a call costs.
 
 Keys are what fx puts in ``node.target``: a module *type* for ``call_module`` nodes, the function
 object itself for ``call_function`` nodes (``torch.cat``, ``operator.add``, ``F.relu``), the method
-name for ``call_method`` nodes (``"view"``). Supporting a new op means adding one entry here.
-Ops without an entry freeze every channel they touch, with a warning that names the node and op.
+name for ``call_method`` nodes (``"view"``). Supporting a new op means adding one entry here; a
+layer with parameters brings its ``LayerSpec`` (layers.py), which every other module reads through
+``layer_spec`` (sizes to save, weight dims, maskability, MAC kind).
+Ops without a rule freeze every channel they touch, with a warning that names the node and op; some
+of them still have an entry, so that ``surgeon.count`` knows their MAC kind.
 """
 from __future__ import annotations
 
@@ -16,24 +19,37 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import attention, functional, reshape, rules
-from .layers import LAYER_SPECS, LayerSpec
+from .layers import LAYER_SPECS, LayerSpec, check_mac_kind
 from .record import attribute_int, constant_tensor
 
-__all__ = ["OpEntry", "lookup", "layer_spec", "register_function", "register_method", "register_module"]
+__all__ = ["OpEntry", "lookup", "layer_spec", "registered_layers", "mac_kind", "register_function",
+           "register_method", "register_module"]
 
 
 @dataclass(frozen=True)
 class OpEntry:
-    """rule: adds the op's couplings; layer: set for layers with parameters; shape_only: the op only
-    reads sizes (x.size(1)), so it must not fix the dims of its input."""
+    """rule: adds the op's couplings; None for an op surgeon only counts (its channels freeze as an
+    unknown op's do). layer: set for layers with parameters. shape_only: the op only reads sizes
+    (x.size(1)), so it must not fix the dims of its input. macs: how ``surgeon.count`` counts one
+    call, a key of ``layers.MAC_KINDS``; a layer's is its ``LayerSpec.macs``, else "elementwise"."""
 
-    rule: Callable[..., None]
+    rule: Optional[Callable[..., None]]
     layer: Optional[LayerSpec] = None
     shape_only: bool = False
+    macs: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.layer is not None:
+            if self.macs is not None and self.macs != self.layer.macs:
+                raise ValueError(f"an op with a layer counts as its LayerSpec says (macs={self.layer.macs!r}), "
+                                 f"got macs={self.macs!r}: set it in the LayerSpec")
+            object.__setattr__(self, "macs", self.layer.macs)
+        elif self.macs is None:
+            object.__setattr__(self, "macs", "elementwise")
+        check_mac_kind(self.macs, "a registry entry")  # type: ignore[arg-type]
 
 
-_MODULES: dict[type, OpEntry] = {t: OpEntry(spec.couple, spec) for t, spec in LAYER_SPECS.items()}
-_MODULES[nn.MultiheadAttention] = OpEntry(attention.MHA_SPEC.couple, attention.MHA_SPEC)
+_MODULES: dict[type, OpEntry] = {}
 _FUNCTIONS: dict[Any, OpEntry] = {}
 # Functions of optional packages, keyed by "module.name" so the core never imports them.
 _FUNCTIONS_BY_NAME: dict[str, OpEntry] = {
@@ -42,114 +58,206 @@ _FUNCTIONS_BY_NAME: dict[str, OpEntry] = {
 _METHODS: dict[str, OpEntry] = {}
 
 
-def register_module(module_type: type, rule: Callable[..., None], layer: LayerSpec | None = None) -> None:
-    _MODULES[module_type] = OpEntry(rule, layer)
+def register_module(module_type: type, rule: Callable[..., None], layer: LayerSpec | None = None,
+                    macs: str | None = None) -> None:
+    """Register a module type: its channel rule and, for a layer with parameters, its ``LayerSpec``
+    (size attributes, weight dims, MAC kind: everything else surgeon needs). ``macs`` (a key of
+    ``layers.MAC_KINDS``) is for parameter-free modules; default: the kind the type already has,
+    else "other"."""
+    old = _MODULES.get(module_type)
+    if layer is None and macs is None:
+        macs = old.macs if old is not None and old.layer is None else "other"
+    _MODULES[module_type] = OpEntry(rule, layer, macs=macs)
 
 
-def register_function(fn: Any, rule: Callable[..., None], shape_only: bool = False) -> None:
-    _FUNCTIONS[fn] = OpEntry(rule, shape_only=shape_only)
+def register_function(fn: Any, rule: Callable[..., None], shape_only: bool = False,
+                      macs: str | None = None) -> None:
+    """Register a function (``node.target`` of a ``call_function`` node). ``macs``: see
+    ``layers.MAC_KINDS``; default: the kind the function already has, else "elementwise"."""
+    old = _FUNCTIONS.get(fn)
+    _FUNCTIONS[fn] = OpEntry(rule, shape_only=shape_only, macs=macs or (old.macs if old is not None else None))
 
 
-def register_method(name: str, rule: Callable[..., None], shape_only: bool = False) -> None:
-    _METHODS[name] = OpEntry(rule, shape_only=shape_only)
+def register_method(name: str, rule: Callable[..., None], shape_only: bool = False,
+                    macs: str | None = None) -> None:
+    """Register a Tensor method by name (``x.view(...)``); ``macs`` as for ``register_function``."""
+    old = _METHODS.get(name)
+    _METHODS[name] = OpEntry(rule, shape_only=shape_only, macs=macs or (old.macs if old is not None else None))
 
 
-_ELEMENTWISE_MODULES = [
+# ----------------------------------------------------------------------------------------- modules
+for _t, _spec in LAYER_SPECS.items():
+    register_module(_t, _spec.couple, layer=_spec)
+register_module(nn.MultiheadAttention, attention.MHA_SPEC.couple, layer=attention.MHA_SPEC)
+
+_ACTIVATION_MODULES = [
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
     nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Softsign,
     nn.Tanhshrink, nn.Hardshrink, nn.Softshrink, nn.Threshold, nn.LogSigmoid, nn.RReLU,
+]
+_IDENTITY_MODULES = [  # the identity in eval mode: no arithmetic
     nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
     nn.FeatureAlphaDropout,
 ]
-_CHANNELWISE_MODULES = [
+_POOL_MODULES = [
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d, nn.Upsample,
-    nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d,
-    nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ReflectionPad1d, nn.ReflectionPad2d,
-    nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d, nn.ReplicationPad3d,
+    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
 ]
-for _t in _ELEMENTWISE_MODULES:
-    register_module(_t, rules.elementwise)
-for _t in _CHANNELWISE_MODULES:
-    register_module(_t, rules.channelwise)
-register_module(nn.Flatten, reshape.flatten)
-register_module(nn.PixelShuffle, lambda ctx: reshape.pixel_shuffle(ctx, ctx.module.upscale_factor))
-register_module(nn.PixelUnshuffle, lambda ctx: reshape.pixel_unshuffle(ctx, ctx.module.downscale_factor))
-register_module(nn.ChannelShuffle, lambda ctx: reshape.channel_shuffle(ctx, ctx.module.groups))
+_RESIZE_MODULES = [nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d]
+_PAD_MODULES = [
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d,
+    nn.ReplicationPad2d, nn.ReplicationPad3d,
+]
+for _types, _rule, _kind in [
+    (_ACTIVATION_MODULES, rules.elementwise, "activation"), (_IDENTITY_MODULES, rules.elementwise, "shape"),
+    (_POOL_MODULES, rules.channelwise, "pool"), (_RESIZE_MODULES, rules.channelwise, "elementwise"),
+    (_PAD_MODULES, rules.channelwise, "shape"),
+]:
+    for _t in _types:
+        register_module(_t, _rule, macs=_kind)
+register_module(nn.Flatten, reshape.flatten, macs="shape")
+register_module(nn.PixelShuffle, lambda ctx: reshape.pixel_shuffle(ctx, ctx.module.upscale_factor), macs="shape")
+register_module(nn.PixelUnshuffle, lambda ctx: reshape.pixel_unshuffle(ctx, ctx.module.downscale_factor),
+                macs="shape")
+register_module(nn.ChannelShuffle, lambda ctx: reshape.channel_shuffle(ctx, ctx.module.groups), macs="shape")
 for _t in (nn.Softmax, nn.LogSoftmax, nn.Softmin):
-    register_module(_t, lambda ctx: rules.along_dim(ctx, ctx.module.dim))
+    register_module(_t, lambda ctx: rules.along_dim(ctx, ctx.module.dim), macs="activation")
 
-_ELEMENTWISE_FUNCTIONS = [
+# Modules surgeon counts but has no channel rule for: their channels freeze as an unknown op's do.
+# _NormBase stands for the norms without an entry of their own (SyncBatchNorm, the lazy ones).
+for _name, _kind in [
+    ("Unflatten", "shape"), ("CircularPad1d", "shape"), ("CircularPad2d", "shape"), ("CircularPad3d", "shape"),
+    ("GLU", "activation"), ("Softmax2d", "activation"), ("LocalResponseNorm", "norm"),
+    ("CrossMapLRN2d", "norm"), ("RMSNorm", "norm"), ("LPPool3d", "pool"), ("MaxUnpool1d", "pool"),
+    ("MaxUnpool2d", "pool"), ("MaxUnpool3d", "pool"), ("FractionalMaxPool2d", "pool"),
+    ("FractionalMaxPool3d", "pool"),
+]:
+    if hasattr(nn, _name):  # some are newer than the oldest torch supported
+        _MODULES[getattr(nn, _name)] = OpEntry(None, macs=_kind)
+_MODULES[nn.modules.batchnorm._NormBase] = OpEntry(None, macs="norm")
+
+# --------------------------------------------------------------------------------------- functions
+_ARITHMETIC_FUNCTIONS = [
     operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.pow,
     operator.iadd, operator.isub, operator.imul, operator.itruediv,
     torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide,
-    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.abs,
-    torch.neg, torch.exp, torch.log, torch.sqrt, torch.rsqrt, torch.pow, torch.square,
-    torch.maximum, torch.minimum, torch.where, torch.ones_like, torch.zeros_like, torch.sin,
-    torch.cos, torch.erf, torch.reciprocal,
+    torch.clamp, torch.clip, torch.abs, torch.neg, torch.exp, torch.log, torch.sqrt, torch.rsqrt,
+    torch.pow, torch.square, torch.maximum, torch.minimum, torch.where, torch.sin, torch.cos,
+    torch.erf, torch.reciprocal,
+]
+_ACTIVATION_FUNCTIONS = [
+    torch.relu, torch.relu_, torch.sigmoid, torch.tanh,
     F.relu, F.relu_, F.relu6, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
     F.hardsigmoid, F.hardtanh, F.leaky_relu, F.softplus, F.softsign, F.tanhshrink, F.logsigmoid,
-    F.sigmoid, F.tanh, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+    F.sigmoid, F.tanh,
 ]
-_CHANNELWISE_FUNCTIONS = [
+_FREE_ELEMENTWISE_FUNCTIONS = [  # no arithmetic: new tensors of the same shape, dropout (eval mode)
+    torch.ones_like, torch.zeros_like, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+]
+_POOL_FUNCTIONS = [
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
-    F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate, F.upsample, F.upsample_nearest,
-    F.upsample_bilinear, torch.max_pool1d, torch.max_pool2d, torch.avg_pool1d,
+    F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.avg_pool1d,
 ]
-for _f in _ELEMENTWISE_FUNCTIONS:
-    register_function(_f, rules.elementwise)
-for _f in _CHANNELWISE_FUNCTIONS:
-    register_function(_f, rules.channelwise)
-for _f, _r in [
-    (F.pad, rules.pad), (torch.flatten, reshape.flatten), (torch.squeeze, reshape.flatten),
-    (torch.unsqueeze, reshape.flatten), (torch.reshape, reshape.view), (torch.permute, rules.permute),
-    (torch.transpose, rules.transpose), (torch.cat, rules.cat), (torch.concat, rules.cat),
-    (torch.concatenate, rules.cat), (torch.split, reshape.split), (torch.chunk, reshape.chunk),
-    (torch.mean, rules.reduce), (torch.sum, rules.reduce), (torch.amax, rules.reduce),
-    (torch.amin, rules.reduce), (torch.std, rules.reduce), (torch.var, rules.reduce),
-    (torch.softmax, rules.along_dim), (F.softmax, rules.along_dim), (F.log_softmax, rules.along_dim),
-    (operator.getitem, rules.getitem), (F.layer_norm, rules.layer_norm),
+_RESIZE_FUNCTIONS = [F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear]
+for _fns, _rule, _kind in [
+    (_ARITHMETIC_FUNCTIONS, rules.elementwise, "elementwise"), (_ACTIVATION_FUNCTIONS, rules.elementwise, "activation"),
+    (_FREE_ELEMENTWISE_FUNCTIONS, rules.elementwise, "shape"), (_POOL_FUNCTIONS, rules.channelwise, "pool"),
+    (_RESIZE_FUNCTIONS, rules.channelwise, "elementwise"),
+]:
+    for _f in _fns:
+        register_function(_f, _rule, macs=_kind)
+for _f, _r, _kind in [
+    (F.pad, rules.pad, "shape"), (torch.flatten, reshape.flatten, "shape"), (torch.squeeze, reshape.flatten, "shape"),
+    (torch.unsqueeze, reshape.flatten, "shape"), (torch.reshape, reshape.view, "shape"),
+    (torch.permute, rules.permute, "shape"), (torch.transpose, rules.transpose, "shape"),
+    (torch.cat, rules.cat, "shape"), (torch.concat, rules.cat, "shape"), (torch.concatenate, rules.cat, "shape"),
+    (torch.split, reshape.split, "shape"), (torch.chunk, reshape.chunk, "shape"),
+    (torch.mean, rules.reduce, "elementwise"), (torch.sum, rules.reduce, "elementwise"),
+    (torch.amax, rules.reduce, "elementwise"), (torch.amin, rules.reduce, "elementwise"),
+    (torch.std, rules.reduce, "elementwise"), (torch.var, rules.reduce, "elementwise"),
+    (torch.softmax, rules.along_dim, "activation"), (F.softmax, rules.along_dim, "activation"),
+    (F.log_softmax, rules.along_dim, "activation"), (operator.getitem, rules.getitem, "shape"),
+    (F.layer_norm, rules.layer_norm, "norm"),
     # functional calls with a module's own tensors (functional.py)
-    (F.conv1d, functional.conv), (F.conv2d, functional.conv), (F.conv3d, functional.conv),
-    (F.linear, functional.linear), (F.batch_norm, functional.batch_norm),
-    (F.instance_norm, functional.batch_norm), (F.group_norm, functional.group_norm),
-    (F.embedding, functional.embedding),
-    # attention (attention.py)
-    (F.scaled_dot_product_attention, attention.sdpa), (operator.matmul, attention.matmul),
-    (torch.matmul, attention.matmul), (torch.bmm, attention.matmul),
-    (torch.stack, reshape.stack), (torch.unbind, reshape.unbind), (torch.roll, rules.roll), (F.pixel_shuffle, reshape.pixel_shuffle),
-    (F.pixel_unshuffle, reshape.pixel_unshuffle), (torch.pixel_shuffle, reshape.pixel_shuffle),
-    (torch.pixel_unshuffle, reshape.pixel_unshuffle), (F.channel_shuffle, reshape.channel_shuffle),
-    (torch.channel_shuffle, reshape.channel_shuffle), (torch.native_channel_shuffle, reshape.channel_shuffle),
-    (constant_tensor, rules.constant),
+    (F.conv1d, functional.conv, "conv"), (F.conv2d, functional.conv, "conv"), (F.conv3d, functional.conv, "conv"),
+    (F.linear, functional.linear, "linear"), (F.batch_norm, functional.batch_norm, "norm"),
+    (F.instance_norm, functional.batch_norm, "norm"), (F.group_norm, functional.group_norm, "norm"),
+    (F.embedding, functional.embedding, "shape"),
+    # attention (attention.py); scaled_dot_product_attention counts its output only (an under-count)
+    (F.scaled_dot_product_attention, attention.sdpa, "elementwise"), (operator.matmul, attention.matmul, "matmul"),
+    (torch.matmul, attention.matmul, "matmul"), (torch.bmm, attention.matmul, "matmul"),
+    (torch.stack, reshape.stack, "shape"), (torch.unbind, reshape.unbind, "shape"), (torch.roll, rules.roll, "shape"),
+    (F.pixel_shuffle, reshape.pixel_shuffle, "shape"), (F.pixel_unshuffle, reshape.pixel_unshuffle, "shape"),
+    (torch.pixel_shuffle, reshape.pixel_shuffle, "shape"), (torch.pixel_unshuffle, reshape.pixel_unshuffle, "shape"),
+    (F.channel_shuffle, reshape.channel_shuffle, "shape"), (torch.channel_shuffle, reshape.channel_shuffle, "shape"),
+    (torch.native_channel_shuffle, reshape.channel_shuffle, "shape"), (constant_tensor, rules.constant, "shape"),
+    (getattr, rules.tensor_attribute, "shape"),
 ]:
-    register_function(_f, _r)
-register_function(getattr, rules.tensor_attribute)
-register_function(attribute_int, rules.shape_only, shape_only=True)
+    register_function(_f, _r, macs=_kind)
+register_function(attribute_int, rules.shape_only, shape_only=True, macs="shape")
 
-for _m in ["add", "sub", "mul", "div", "truediv", "add_", "sub_", "mul_", "div_", "relu", "relu_",
-           "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clip", "abs", "neg", "exp", "log",
-           "sqrt", "rsqrt", "pow", "square", "contiguous", "clone", "detach", "float", "half",
-           "double", "hardtanh_", "masked_fill", "sin", "cos", "reciprocal"]:
-    register_method(_m, rules.elementwise)
-for _m, _r in [
-    ("view", reshape.view), ("reshape", reshape.view), ("flatten", reshape.flatten),
-    ("squeeze", reshape.flatten), ("unsqueeze", reshape.flatten), ("permute", rules.permute),
-    ("transpose", rules.transpose), ("split", reshape.split), ("chunk", reshape.chunk),
-    ("mean", rules.reduce), ("sum", rules.reduce), ("amax", rules.reduce), ("amin", rules.reduce),
-    ("std", rules.reduce), ("var", rules.reduce), ("softmax", rules.along_dim),
-    ("log_softmax", rules.along_dim), ("matmul", attention.matmul), ("bmm", attention.matmul),
-    ("expand_as", rules.elementwise), ("type_as", rules.like_first), ("to", rules.like_first),
-    ("new_full", rules.like_first), ("new_zeros", rules.like_first), ("new_ones", rules.like_first),
-    ("new_empty", rules.like_first), ("new_tensor", rules.like_first), ("unbind", reshape.unbind),
-    ("expand", reshape.expand), ("roll", rules.roll), ("reshape_as", reshape.reshape_as),
-    ("view_as", reshape.reshape_as),
+# ----------------------------------------------------------------------------------------- methods
+for _names, _rule, _kind in [
+    ("add sub mul div truediv add_ sub_ mul_ div_ clamp clamp_ clip abs neg exp log sqrt rsqrt pow "
+     "square sin cos reciprocal", rules.elementwise, "elementwise"),
+    ("relu relu_ sigmoid sigmoid_ tanh hardtanh_", rules.elementwise, "activation"),
+    ("contiguous clone detach float half double masked_fill", rules.elementwise, "shape"),
+    ("view reshape", reshape.view, "shape"), ("flatten squeeze unsqueeze", reshape.flatten, "shape"),
+    ("permute", rules.permute, "shape"), ("transpose", rules.transpose, "shape"),
+    ("split", reshape.split, "shape"), ("chunk", reshape.chunk, "shape"),
+    ("mean sum amax amin std var", rules.reduce, "elementwise"),
+    ("softmax log_softmax", rules.along_dim, "activation"), ("matmul bmm", attention.matmul, "matmul"),
+    ("expand_as", rules.elementwise, "shape"),
+    ("type_as to new_full new_zeros new_ones new_empty new_tensor", rules.like_first, "shape"),
+    ("unbind", reshape.unbind, "shape"), ("expand", reshape.expand, "shape"), ("roll", rules.roll, "shape"),
+    ("reshape_as view_as", reshape.reshape_as, "shape"),
 ]:
-    register_method(_m, _r)
+    for _m in _names.split():
+        register_method(_m, _rule, macs=_kind)
 for _m in ("size", "dim", "numel"):
-    register_method(_m, rules.shape_only, shape_only=True)
+    register_method(_m, rules.shape_only, shape_only=True, macs="shape")
+
+# Functions and methods surgeon counts but has no channel rule for (their channels freeze as an
+# unknown op's do): each name gives an entry to torch.<name>, F.<name>, torch._C._nn.<name>,
+# operator.<name> and Tensor.<name>, where those exist and have none yet (an op that has one must
+# already count as listed). Ops named nowhere count "elementwise".
+_COUNT_ONLY = {
+    "conv_transpose": "conv_transpose1d conv_transpose2d conv_transpose3d",
+    "matmul": "mm addmm baddbmm addbmm addmm_ baddbmm_ addbmm_",
+    "norm": "batch_norm layer_norm group_norm instance_norm rms_norm local_response_norm "
+            "normalize",
+    "pool": "adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool2d adaptive_max_pool3d "
+            "max_pool3d adaptive_max_pool1d lp_pool1d lp_pool2d lp_pool3d fractional_max_pool2d "
+            "fractional_max_pool3d max_unpool1d max_unpool2d max_unpool3d max_pool1d_with_indices "
+            "max_pool2d_with_indices max_pool3d_with_indices adaptive_max_pool1d_with_indices "
+            "adaptive_max_pool2d_with_indices adaptive_max_pool3d_with_indices "
+            "fractional_max_pool2d_with_indices fractional_max_pool3d_with_indices "
+            "quantized_max_pool1d quantized_max_pool2d quantized_max_pool3d mkldnn_max_pool2d "
+            "mkldnn_max_pool3d mkldnn_adaptive_avg_pool2d",
+    "activation": "relu6 leaky_relu silu hardswish hardsigmoid mish elu selu celu log_softmax "
+                  "softmin prelu rrelu hardtanh glu threshold hardshrink softshrink sigmoid_ "
+                  "tanh_ elu_ selu_ celu_ leaky_relu_ hardtanh_ rrelu_ threshold_ gelu_ "
+                  "hardsigmoid_ hardswish_ mish_ relu6_ silu_",
+    "shape": "unflatten t t_ squeeze_ unsqueeze_ transpose_ repeat tile concat hstack vstack "
+             "tensor_split narrow select numel type bfloat16 int long bool cpu cuda detach "
+             "detach_ clone movedim moveaxis swapaxes swapaxes_ swapdims swapdims_ flip pad "
+             "dropout dropout_ alpha_dropout alpha_dropout_ feature_alpha_dropout "
+             "feature_alpha_dropout_ zeros ones full empty arange full_like empty_like tensor "
+             "as_tensor embedding index_select gather masked_fill masked_fill_",
+}
+for _kind, _names in _COUNT_ONLY.items():
+    for _name in _names.split():
+        for _ns in (torch, F, torch._C._nn, operator):
+            _f = getattr(_ns, _name, None)
+            if callable(_f) and not isinstance(_f, type):
+                _old = _FUNCTIONS.setdefault(_f, OpEntry(None, macs=_kind))
+                assert _old.macs == _kind, f"{_ns.__name__}.{_name} counts as {_old.macs}, listed as {_kind}"
+        if hasattr(torch.Tensor, _name):
+            _old = _METHODS.setdefault(_name, OpEntry(None, macs=_kind))
+            assert _old.macs == _kind, f"Tensor.{_name} counts as {_old.macs}, listed as {_kind}"
 
 
 def layer_spec(module: nn.Module) -> LayerSpec | None:
@@ -163,18 +271,12 @@ def layer_spec(module: nn.Module) -> LayerSpec | None:
     return None
 
 
-def lookup(op: str, target: Any, module: nn.Module | None = None) -> OpEntry | None:
-    """The registry entry for an fx node's (op, target), or None when surgeon does not know the op.
+def registered_layers() -> dict[type, LayerSpec]:
+    """Every registered module type that is a layer (has a ``LayerSpec``), in registration order."""
+    return {t: e.layer for t, e in _MODULES.items() if e.layer is not None}
 
-    A module subclass inherits its base's entry only if it does not override ``forward``: a custom
-    ``forward`` may do anything with the channels.
-    """
-    if op == "call_module" and module is not None:
-        for base in type(module).__mro__:
-            entry = _MODULES.get(base)
-            if entry is not None:
-                return entry if type(module).forward is base.forward else None
-        return None
+
+def _function_entry(op: str, target: Any) -> OpEntry | None:
     if op == "call_function":
         try:
             entry = _FUNCTIONS.get(target)
@@ -187,3 +289,40 @@ def lookup(op: str, target: Any, module: nn.Module | None = None) -> OpEntry | N
     if op == "call_method":
         return _METHODS.get(target)
     return None
+
+
+def lookup(op: str, target: Any, module: nn.Module | None = None) -> OpEntry | None:
+    """The registry entry for an fx node's (op, target), or None when surgeon does not know how
+    channels flow through the op (no entry, or an entry that only counts the op).
+
+    A module subclass inherits its base's entry only if it does not override ``forward``: a custom
+    ``forward`` may do anything with the channels.
+    """
+    if op == "call_module":
+        if module is None:
+            return None
+        for base in type(module).__mro__:
+            entry = _MODULES.get(base)
+            if entry is not None:
+                same = type(module).forward is base.forward
+                return entry if same and entry.rule is not None else None
+        return None
+    entry = _function_entry(op, target)
+    return entry if entry is not None and entry.rule is not None else None
+
+
+def mac_kind(op: str, target: Any, module: nn.Module | None = None) -> str:
+    """How ``surgeon.count`` counts one call of an fx node's op (a key of ``layers.MAC_KINDS``).
+
+    A module counts as its nearest registered base, *whatever its forward* (a subclass computes
+    what its base does: timm's ``Conv2dSame`` is a conv); an unknown module counts "other", an
+    unknown function or method "elementwise".
+    """
+    if op == "call_module":
+        for base in type(module).__mro__ if module is not None else ():
+            entry = _MODULES.get(base)
+            if entry is not None:
+                return entry.macs  # type: ignore[return-value]
+        return "other"
+    entry = _function_entry(op, target)
+    return entry.macs if entry is not None else "elementwise"  # type: ignore[return-value]

@@ -88,8 +88,8 @@ def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None, source: Any
             if kind == "literal":
                 why = f"hard-coded size {shown(requested(o))} in {ctx.op_name}"
                 for d in ins:
-                    ctx.fix(ctx.t(x, d), why, unsupported=True)
-                ctx.fix(ctx.t(ctx.node, o), why, unsupported=True)
+                    ctx.fix(ctx.t(x, d), why)
+                ctx.fix(ctx.t(ctx.node, o), why)
                 continue
             k = 1
             for d in ins[1:]:
@@ -118,7 +118,7 @@ def _couple_reshape(ctx: "RuleContext", size_args: list[Any] | None, source: Any
                     why = f"{ctx.op_name} splits a dim into several sizes computed at run time"
                 else:  # every piece hard-coded: pruning would need new literals
                     why = f"hard-coded sizes {[shown(requested(o)) for o in outs]} in {ctx.op_name}"
-                ctx.fix(ctx.t(x, ins[0]), why, unsupported=True)
+                ctx.fix(ctx.t(x, ins[0]), why)
                 continue
             inner = 1
             for o in outs[f + 1:]:
@@ -177,7 +177,7 @@ def expand(ctx: "RuleContext") -> None:
         if s[d] != out[off + d]:
             continue  # broadcast from size 1
         if size_kind(req) == "literal":
-            ctx.fix(ctx.t(x, d), f"hard-coded size {shown(req)} in {ctx.op_name}", unsupported=True)
+            ctx.fix(ctx.t(x, d), f"hard-coded size {shown(req)} in {ctx.op_name}")
         else:
             ctx.same(ctx.t(x, d), ctx.t(node, off + d))
             if isinstance(req, fx.Node) and size_kind(req) == "free":
@@ -234,7 +234,7 @@ def split(ctx: "RuleContext") -> None:
         return
     if not (isinstance(sizes, (list, tuple)) and sizes and len(sizes) == ctx.n_outputs()
             and all(size_kind(v) == "attr" for v in sizes)):
-        ctx.fix(ctx.t(x, dim), f"hard-coded split sizes in {ctx.op_name}", unsupported=True)
+        ctx.fix(ctx.t(x, dim), f"hard-coded split sizes in {ctx.op_name}")
         return
     first: dict[Any, int] = {}
     off = 0
@@ -257,7 +257,7 @@ def _equal_pieces(ctx: "RuleContext", x: Any, dim: int, size: fx.Node) -> None:
     n = ctx.n_outputs()
     width = ctx.shape((ctx.node, 0))[dim]
     if any(ctx.shape((ctx.node, k))[dim] != width for k in range(n)):
-        ctx.fix(ctx.t(x, dim), f"uneven split in {ctx.op_name}", unsupported=True)
+        ctx.fix(ctx.t(x, dim), f"uneven split in {ctx.op_name}")
         return
     for k in range(n):
         piece = ctx.t((ctx.node, k), dim)

@@ -230,7 +230,7 @@ def getitem(ctx: "RuleContext") -> None:
             ctx.same(ctx.t(src, d), ctx.t(ctx.node, j))
             j += 1
         else:  # a partial slice keeps hard positions: fixed
-            ctx.fix(ctx.t(src, d), f"sliced by {ctx.op_name}", unsupported=True)
+            ctx.fix(ctx.t(src, d), f"sliced by {ctx.op_name}")
             j += 1
         d += 1
 

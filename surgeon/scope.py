@@ -2,15 +2,21 @@
 targets. The criteria say *which* channels of a group are the least important; this module says
 *how many* go, and hands back one ``GroupCut`` per group.
 
-- Local scope: every group loses the same fraction of its channels.
-- Global scope: the channels of all groups are ranked together. Raw scores are not comparable
+- Parts: a group whose channels come from several layers (a concatenation: SqueezeNet's Fire
+  module concatenates a 1x1 and a 3x3 expand conv, GoogLeNet's inception four branches) is decided
+  per *producer*, not as one pool: every channel is made by exactly one producer, and the channels of
+  different producers do not compare (a 3x3 filter has 9x the weights of a 1x1 filter, so several
+  times its L1: pooled, the 1x1 branch would lose all but one filter and the 3x3 branch none).
+  ``producer_parts`` finds them from the group's output-side members; most groups are one part.
+- Local scope: every part loses the same fraction of its channels (so each concatenated branch does).
+- Global scope: the channels of all parts are ranked together. Raw scores are not comparable
   across layers (a layer with 10x larger weights would never lose a channel under L1), so each
-  group's scores are first divided by their mean: a channel scoring 0.5 is half as important as an
-  average channel *of its own group*. The mean, rather than the max or the sum, is used because it
-  depends neither on one outlier (max) nor on the group's width (sum: wide groups would have small
+  part's scores are first divided by their mean: a channel scoring 0.5 is half as important as an
+  average channel *of its own producer*. The mean, rather than the max or the sum, is used because it
+  depends neither on one outlier (max) nor on the part's width (sum: wide parts would have small
   normalised scores and be cut hardest).
-- ``max_layer_ratio`` caps what one group may lose (default 0.9 for global scope and targets), and
-  no group ever loses all its channels.
+- ``max_layer_ratio`` caps what one part may lose (default 0.9 for global scope and targets), and
+  no part ever loses all its channels.
 - Targets (``target_macs`` / ``target_params``: fraction of the original kept) are reached by a
   binary search over the removal order: the global ranking (global scope) or the common ratio
   (local scope). Each step of that order removes one more channel, so the result keeps at most the
@@ -21,14 +27,16 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .cost import Footprint
 from .groups import Group
+from .indexmap import Pos
 
-__all__ = ["GroupCut", "Candidate", "Request", "TargetReport", "select", "DEFAULT_MAX_LAYER_RATIO"]
+__all__ = ["GroupCut", "Candidate", "Part", "Request", "TargetReport", "select", "producer_parts",
+           "DEFAULT_MAX_LAYER_RATIO"]
 
 DEFAULT_MAX_LAYER_RATIO = 0.9
 SCOPES = ("local", "global")
@@ -47,15 +55,29 @@ class GroupCut:
         return self.group.n - len(self.remove)
 
 
+@dataclass(frozen=True)
+class Part:
+    """Channels of a group made by one producer (one input of a concatenation), as indices into the
+    group's channels, and how many it had in the original model (``n0``)."""
+
+    channels: np.ndarray
+    n0: int
+
+
 @dataclass
 class Candidate:
     """A prunable group with its scores. ``n0``: its channel count in the original model (smaller
-    ``group.n`` means earlier iterative steps already cut it); ``ratio``: a per-module override."""
+    ``group.n`` means earlier iterative steps already cut it); ``ratio``: a per-module override;
+    ``parts``: its channels split by producer (``producer_parts``), None when one layer makes them all."""
 
     group: Group
     scores: np.ndarray
     n0: int
     ratio: Optional[float] = None
+    parts: Optional[list[Part]] = None
+
+    def all_parts(self) -> list[Part]:
+        return self.parts if self.parts else [Part(np.arange(self.group.n), self.n0)]
 
 
 @dataclass(frozen=True)
@@ -87,19 +109,78 @@ class TargetReport:
                 f"(one channel step less would keep {self.one_step_less:.3%})")
 
 
-def _cap(c: Candidate, mlr: float | None) -> int:
-    """Most channels ``c`` may lose now: at most ``mlr`` of its original channels in total, and it
+def producer_parts(group: Group, producers: Sequence[Pos], sizes: Mapping[Pos, int] | None = None,
+                   n0: int | None = None) -> list[Part] | None:
+    """Split a group's channels by the members that make them: ``producers`` are its output-side
+    positions (filters, biases, norm scales; not the consumers' input kernels). Channels covered by
+    the same producers form one part, so each input of a concatenation is a part of its own (in a
+    SqueezeNet Fire module, the 64 channels of expand1x1 and the 64 of expand3x3); a member covering
+    every channel (a BatchNorm after the concatenation) separates nothing. None when there is one part.
+
+    ``sizes`` (iterative pruning: the original model's position sizes) gives each part its original
+    count, read off a producer covering exactly that part; else the part's share of ``n0``."""
+    n = group.n
+    partial = [p for p in producers if len(np.unique(group.channel_of[p])) < n]
+    if not partial:
+        return None
+    cover = np.zeros((n, len(partial)), dtype=bool)
+    for j, p in enumerate(partial):
+        cover[group.channel_of[p], j] = True
+    _, first, labels = np.unique(cover, axis=0, return_index=True, return_inverse=True)
+    if len(first) == 1:
+        return None
+    labels = labels.reshape(-1)
+    parts = []
+    for label in np.argsort(first, kind="stable"):  # in the order of the group's channels
+        channels = np.flatnonzero(labels == label)
+        parts.append(Part(channels, _part_n0(group, channels, partial, sizes, n0)))
+    return parts
+
+
+def _part_n0(group: Group, channels: np.ndarray, producers: list[Pos], sizes: Mapping[Pos, int] | None,
+             n0: int | None) -> int:
+    if sizes is None or n0 is None:
+        return len(channels)
+    for p in producers:
+        ch = group.channel_of[p]
+        if p in sizes and len(ch) == len(channels) and np.array_equal(np.sort(ch), channels):
+            return sizes[p]
+    return max(len(channels), round(len(channels) * n0 / group.n))
+
+
+@dataclass
+class _Unit:
+    """What scope decides on: one part of a candidate (the whole group, or one producer's channels)."""
+
+    cand: int
+    channels: np.ndarray
+    n0: int
+    scores: np.ndarray
+    ratio: Optional[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.channels)
+
+
+def _units(cands: list[Candidate]) -> list[_Unit]:
+    return [_Unit(i, p.channels, p.n0, c.scores[p.channels], c.ratio)
+            for i, c in enumerate(cands) for p in c.all_parts()]
+
+
+def _cap(u: _Unit, mlr: float | None) -> int:
+    """Most channels ``u`` may lose now: at most ``mlr`` of its original channels in total, and it
     keeps at least one."""
     if mlr is None:
-        return c.group.n - 1
-    already = c.n0 - c.group.n
-    return max(0, min(c.group.n - 1, math.floor(mlr * c.n0 + 1e-9) - already))
+        return u.n - 1
+    already = u.n0 - u.n
+    return max(0, min(u.n - 1, math.floor(mlr * u.n0 + 1e-9) - already))
 
 
-def _round(c: Candidate, k: int, round_to: int | None, cap: int) -> int:
+def _round(u: _Unit, k: int, round_to: int | None, cap: int) -> int:
     """Adjust a removal count so the kept count is a multiple of ``round_to`` (nearest; at least
     round_to), within [0, cap] (n=100, k=52, round_to=8: keep 48, remove 52)."""
-    n = c.group.n
+    n = u.n
     k = min(max(k, 0), cap)
     if round_to and n >= round_to:
         kept = max(round_to, int(round((n - k) / round_to)) * round_to)
@@ -107,21 +188,27 @@ def _round(c: Candidate, k: int, round_to: int | None, cap: int) -> int:
     return k
 
 
-def _local_k(c: Candidate, ratio: float, round_to: int | None, cap: int) -> int:
+def _local_k(u: _Unit, ratio: float, round_to: int | None, cap: int) -> int:
     """Channels to remove for ``ratio`` of the original n0: keep n0 - floor(ratio * n0), rounded
     (ratio 0.5, n0=100, round_to=8: keep 48), minus what earlier steps removed."""
-    n0 = c.n0
+    n0 = u.n0
     kept = n0 - math.floor(ratio * n0 + 1e-9)
     if round_to and n0 >= round_to:
         kept = max(round_to, int(round(kept / round_to)) * round_to)
-    return min(max(c.group.n - max(kept, 1), 0), cap)
+    return min(max(u.n - max(kept, 1), 0), cap)
 
 
-def choose(group: Group, scores: np.ndarray, k: int) -> np.ndarray:
-    """The k lowest-scored channels, then give back one channel to any position that would be left
-    empty (a concat input whose channels all scored low must keep one, or its conv vanishes)."""
-    order = np.argsort(scores, kind="stable")
-    remove = set(order[:k].tolist())
+def choose(group: Group, scores: np.ndarray, k: int | Sequence[int],
+           parts: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """The k lowest-scored channels (of each part: ``k[i]`` of ``parts[i]``), then give back one
+    channel to any position that would be left empty (a concat input whose channels all scored low
+    must keep one, or its conv vanishes)."""
+    if parts is None:
+        parts, k = [np.arange(group.n)], [k]
+    remove: set[int] = set()
+    for channels, kp in zip(parts, k):
+        order = channels[np.argsort(scores[channels], kind="stable")]
+        remove.update(order[:kp].tolist())
     for ch in group.channel_of.values():
         present = set(ch.tolist())
         if present and present <= remove:
@@ -134,12 +221,12 @@ def _normalised(scores: np.ndarray) -> np.ndarray:
     return scores / mean if mean > 0 else np.zeros_like(scores)
 
 
-def _global_order(cands: list[Candidate], caps: list[int]) -> list[int]:
-    """Candidate index of each channel in global removal order (lowest normalised score first),
-    skipping channels beyond their group's cap."""
-    keys = [(s, i) for i, c in enumerate(cands) for s in np.sort(_normalised(c.scores))]
-    keys.sort(key=lambda t: t[0])  # stable: ties keep group order
-    taken = [0] * len(cands)
+def _global_order(units: list[_Unit], caps: list[int]) -> list[int]:
+    """Unit index of each channel in global removal order (lowest normalised score first), skipping
+    channels beyond their unit's cap."""
+    keys = [(s, i) for i, u in enumerate(units) for s in np.sort(_normalised(u.scores))]
+    keys.sort(key=lambda t: t[0])  # stable: ties keep unit order
+    taken = [0] * len(units)
     order = []
     for _, i in keys:
         if taken[i] < caps[i]:
@@ -166,37 +253,45 @@ def select(cands: list[Candidate], req: Request,
     mlr = req.max_layer_ratio
     if mlr is None and (req.scope == "global" or req.target is not None):
         mlr = DEFAULT_MAX_LAYER_RATIO
-    caps = [_cap(c, mlr) for c in cands]
-    fixed = {i: _local_k(c, c.ratio, req.round_to, caps[i]) for i, c in enumerate(cands) if c.ratio is not None}
-    free = [i for i in range(len(cands)) if i not in fixed]
+    units = _units(cands)
+    caps = [_cap(u, mlr) for u in units]
+    fixed = {i: _local_k(u, u.ratio, req.round_to, caps[i]) for i, u in enumerate(units) if u.ratio is not None}
+    free = [i for i in range(len(units)) if i not in fixed]
+
+    owned: list[list[int]] = [[] for _ in cands]  # each candidate's units
+    for i, u in enumerate(units):
+        owned[u.cand].append(i)
 
     def cuts_for(free_k: dict[int, int]) -> list[GroupCut]:
         ks = {**fixed, **free_k}
-        return [GroupCut(c.group, choose(c.group, c.scores, _round(c, ks[i], req.round_to, caps[i])), c.scores)
-                for i, c in enumerate(cands)]
+        cuts = []
+        for c, mine in zip(cands, owned):
+            k = [_round(units[i], ks[i], req.round_to, caps[i]) for i in mine]
+            cuts.append(GroupCut(c.group, choose(c.group, c.scores, k, [units[i].channels for i in mine]), c.scores))
+        return cuts
 
-    # one "state" per step of the removal order: state(j) gives each free candidate its count
+    # one "state" per step of the removal order: state(j) gives each free unit its count
     if req.scope == "global":
-        order = _global_order([cands[i] for i in free], [caps[i] for i in free])
+        order = _global_order([units[i] for i in free], [caps[i] for i in free])
         states = len(order) + 1
 
         def state(j: int) -> dict[int, int]:
             return dict(zip(free, _counts_at(order, j, len(free))))
     else:
         mlr_top = 1.0 if mlr is None else mlr
-        steps = sorted({j / cands[i].n0 for i in free for j in range(1, cands[i].n0)
-                        if j / cands[i].n0 <= mlr_top + 1e-12})
+        steps = sorted({j / units[i].n0 for i in free for j in range(1, units[i].n0)
+                        if j / units[i].n0 <= mlr_top + 1e-12})
         ratios = [0.0] + steps
         states = len(ratios)
 
         def state(j: int) -> dict[int, int]:
-            return {i: _local_k(cands[i], ratios[j], req.round_to, caps[i]) for i in free}
+            return {i: _local_k(units[i], ratios[j], req.round_to, caps[i]) for i in free}
 
     if req.target is None:
         if req.scope == "local":
-            return cuts_for({i: _local_k(cands[i], req.ratio, req.round_to, caps[i]) for i in free}), None
-        n0 = sum(cands[i].n0 for i in free) + retired[0]
-        done = sum(cands[i].n0 - cands[i].group.n for i in free) + retired[0] - retired[1]
+            return cuts_for({i: _local_k(units[i], req.ratio, req.round_to, caps[i]) for i in free}), None
+        n0 = sum(units[i].n0 for i in free) + retired[0]
+        done = sum(units[i].n0 - units[i].n for i in free) + retired[0] - retired[1]
         return cuts_for(state(min(states - 1, max(0, math.floor(req.ratio * n0 + 1e-9) - done)))), None
 
     assert footprint is not None and reference is not None

@@ -1,6 +1,6 @@
 """Models that exercise what real libraries write: each docstring names the library pattern.
 
-Shared by test_record.py, test_attention.py and test_functional.py."""
+Shared by test_record.py, test_attention.py, test_functional.py, test_scope.py and test_protect.py."""
 import dataclasses, math
 import torch, torch.nn as nn, torch.nn.functional as F
 
@@ -156,3 +156,58 @@ class LiteralView(nn.Module):
         if x.shape[0] > 0:
             x = x.view(-1, 128)
         return s.fc(x)
+
+class Fire(nn.Module):
+    """torchvision SqueezeNet Fire: 1x1 squeeze, then a 1x1 and a 3x3 expand conv concatenated."""
+    def __init__(s, cin, squeeze, e1, e3):
+        super().__init__(); s.squeeze = nn.Conv2d(cin, squeeze, 1); s.expand1x1 = nn.Conv2d(squeeze, e1, 1)
+        s.expand3x3 = nn.Conv2d(squeeze, e3, 3, padding=1)
+    def forward(s, x):
+        x = F.relu(s.squeeze(x))
+        return torch.cat([F.relu(s.expand1x1(x)), F.relu(s.expand3x3(x))], 1)
+
+class SqueezeNetLike(nn.Module):
+    """torchvision squeezenet1_1, shrunk: conv stem, three Fire modules, 1x1-conv classifier, pooled."""
+    def __init__(s, classes=10):
+        super().__init__(); s.stem = nn.Conv2d(3, 16, 3, stride=2)
+        s.fires = nn.Sequential(Fire(16, 8, 16, 16), Fire(32, 8, 16, 16), Fire(32, 16, 32, 32)); s.classifier = nn.Conv2d(64, classes, 1)
+    def forward(s, x):
+        x = s.fires(F.max_pool2d(F.relu(s.stem(x)), 3, 2, ceil_mode=True))
+        return torch.flatten(F.adaptive_avg_pool2d(F.relu(s.classifier(x)), 1), 1)
+
+class BasicConv(nn.Sequential):
+    """torchvision GoogLeNet BasicConv2d: conv (no bias) + BatchNorm + ReLU."""
+    def __init__(s, cin, cout, k):
+        super().__init__(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+class Inception(nn.Module):
+    """torchvision GoogLeNet Inception: 1x1; 1x1 -> 3x3; 1x1 -> 3x3; maxpool -> 1x1; concatenated."""
+    def __init__(s, cin, c1, c3r, c3, c5r, c5, cp):
+        super().__init__(); s.branch1 = BasicConv(cin, c1, 1)
+        s.branch2 = nn.Sequential(BasicConv(cin, c3r, 1), BasicConv(c3r, c3, 3))
+        s.branch3 = nn.Sequential(BasicConv(cin, c5r, 1), BasicConv(c5r, c5, 3))
+        s.branch4 = nn.Sequential(nn.MaxPool2d(3, 1, 1), BasicConv(cin, cp, 1))
+    def forward(s, x):
+        return torch.cat([s.branch1(x), s.branch2(x), s.branch3(x), s.branch4(x)], 1)
+
+class GoogLeNetLike(nn.Module):
+    """torchvision googlenet (aux_logits=False), shrunk: stem, two Inception modules, pooled Linear."""
+    def __init__(s, classes=10):
+        super().__init__(); s.stem = BasicConv(3, 16, 3)
+        s.inc1 = Inception(16, 8, 8, 16, 4, 8, 8); s.inc2 = Inception(40, 16, 8, 16, 4, 8, 8); s.fc = nn.Linear(48, classes)
+    def forward(s, x):
+        x = s.inc2(s.inc1(F.max_pool2d(s.stem(x), 2)))
+        return s.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Dense(nn.Module):
+    """A user's own fully connected layer (weight (out, in), F.linear)."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = n_in, n_out
+        self.weight = nn.Parameter(torch.randn(n_out, n_in))
+        self.register_parameter("bias", None)  # as a Linear without bias: the Linear spec reads it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight)

@@ -113,6 +113,16 @@ def test_prune_prints_before_after_table(capsys, tmp_path):
     assert "latency" not in out and (tmp_path / "model.onnx").is_file()
 
 
+def test_prune_ignore_keeps_outputs_and_lets_inputs_shrink(capsys, tmp_path):
+    """--ignore fc on tinynet: fc's outputs are the model's anyway, the residual stream it reads
+    still shrinks (8 -> 4 channels); --freeze fc would leave nothing to prune (see BAD)."""
+    code, out, err = run(capsys, "prune", "tinynet", "--ignore", "fc", "-o", str(tmp_path), "--no-onnx",
+                         "--no-latency", "-q")
+    assert code == 0, err
+    assert json.loads((tmp_path / "model.json").read_text())["ignore"] == ["fc"]
+    assert "group   1:     8 ->     4 channels" in (tmp_path / "plan.txt").read_text()
+
+
 def test_inspect_with_the_concrete_tracer(capsys):
     code, out, _ = run(capsys, "inspect", "tinynet", "--tracer", "concrete", "-q")
     assert code == 0 and "1 prunable" in out
@@ -357,7 +367,8 @@ BAD = [
     (["prune", "tinynet"], 2, "--output/-o"),
     (["prune", "tinynet", "-o", "{tmp}", "--ignore", "nosuchlayer"], 1, "not a module of the model"),
     (["prune", "tinynet", "-o", "{tmp}", "--criterion", "nosuch"], 1, "unknown criterion 'nosuch'"),
-    (["prune", "tinynet", "-o", "{tmp}", "--ignore", "fc"], 1, "nothing prunable"),
+    (["prune", "tinynet", "-o", "{tmp}", "--freeze", "fc"], 1, "nothing prunable"),
+    (["prune", "tinynet", "-o", "{tmp}", "--freeze", "nosuchlayer"], 1, "freeze names 'nosuchlayer'"),
     (["prune", "tinynet", "-o", "{tmp}", "--ratio", "0.3", "--target-macs", "0.5"], 1, "not both"),
     (["prune", "tinynet", "-o", "{tmp}", "--target-macs", "0"], 2, "fraction in (0, 1]"),
     (["prune", "tinynet", "-o", "{tmp}", "--keep-outputs", "x"], 2, "output indices"),

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from surgeon.count import Counts, NodeCount, count, format_count
+from patterns import Dense  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # models
@@ -294,6 +295,51 @@ def test_format_count_rejects_non_numbers() -> None:
 
 def test_counts_str_is_human_readable() -> None:
     assert str(Counts(macs=4_110_000_000, params=25_600_000)) == "4.11 GMACs, 25.6 M params"
+
+
+# ---------------------------------------------------------------------------
+# kinds come from the op registry
+# ---------------------------------------------------------------------------
+
+
+def test_a_registered_layer_counts_as_its_spec_says(monkeypatch) -> None:
+    """Registered with the Linear spec (macs="linear"), a user's layer called as one op (the
+    recording tracer keeps registered layers whole) costs rows x out x in, not its output size."""
+    import surgeon
+    from surgeon import registry
+
+    monkeypatch.setattr(registry, "_MODULES", dict(registry._MODULES))
+    spec = registry.layer_spec(nn.Linear(1, 1))
+    registry.register_module(Dense, spec.couple, layer=spec)
+    model = nn.Sequential(Dense(10, 7), nn.ReLU(), Dense(7, 3))
+    x = torch.randn(4, 10)
+    graph = surgeon.trace(model, x, tracer="concrete")
+    c = count(model, x, traced=graph.traced.gm)
+    assert [(n.module, n.kind, n.macs) for n in c.per_node if n.module is not None] == [
+        ("0", "linear", 4 * 7 * 10), ("1", "activation", 4 * 7), ("2", "linear", 4 * 3 * 7)]
+
+
+class ConvRelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv(x))
+
+
+def test_parameter_free_kinds_come_from_the_registry(monkeypatch) -> None:
+    """count asks the registry, not the op's name: F.relu re-registered as "shape" costs nothing,
+    and a function registered without a kind keeps the one it had (F.conv_transpose2d)."""
+    from surgeon import registry, rules
+
+    assert count(ConvRelu(), torch.randn(1, 3, 2, 2)).by_kind() == {"conv": 4 * 4 * 3, "activation": 16}
+    monkeypatch.setattr(registry, "_FUNCTIONS", dict(registry._FUNCTIONS))
+    registry.register_function(F.relu, rules.elementwise, macs="shape")
+    assert count(ConvRelu(), torch.randn(1, 3, 2, 2)).by_kind() == {"conv": 4 * 4 * 3, "shape": 0}
+    assert registry.mac_kind("call_function", F.conv_transpose2d) == "conv_transpose"
+    registry.register_function(F.conv_transpose2d, rules.elementwise)  # a rule, no kind given
+    assert registry.mac_kind("call_function", F.conv_transpose2d) == "conv_transpose"
 
 
 # ---------------------------------------------------------------------------

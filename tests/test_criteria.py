@@ -281,3 +281,63 @@ def test_bad_lambda(lam):
 def test_penalty_without_batchnorm():
     with pytest.raises(ValueError, match="has no BatchNorm with an affine scale"):
         bn_l1_penalty(nn.Conv2d(3, 4, 1), 1e-4)
+
+
+# ------------------------------------------------------------------------------ layers and modes
+class Dense(nn.Module):
+    """A user's own fully connected layer (weight (out, in), F.linear), registered with the built-in
+    Linear spec: its input side is weight dim 1, as the spec's weight_dims say."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = n_in, n_out
+        self.weight = nn.Parameter(torch.randn(n_out, n_in))
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def test_input_side_comes_from_the_layer_spec(monkeypatch):
+    from surgeon import registry
+    from surgeon.indexmap import Pos
+
+    monkeypatch.setattr(registry, "_MODULES", dict(registry._MODULES))
+    m = nn.Sequential(Dense(6, 8), nn.ReLU(), Dense(8, 2))
+    assert not criteria.is_input_side(m, Pos("p", "2.weight", 1))  # not registered: no known sides
+    spec = registry.layer_spec(nn.Linear(1, 1))
+    registry.register_module(Dense, spec.couple, layer=spec)
+    assert criteria.is_input_side(m, Pos("p", "2.weight", 1))
+    assert not criteria.is_input_side(m, Pos("p", "2.weight", 0))
+    assert criteria.is_input_side(nn.Sequential(nn.ConvTranspose2d(4, 3, 2)), Pos("p", "0.weight", 0))
+    g = surgeon.trace(m, torch.randn(3, 6)).prunable_groups()[0]
+    assert [(p.ref, p.dim) for p in criteria.member_filter(m, g, "in").params] == [("2.weight", 1)]
+
+
+class TwoBn(nn.Module):
+    """conv1 -> bn1 -> relu -> conv2 -> bn2 -> relu -> conv3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        self.conv3 = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))))
+
+
+@pytest.mark.parametrize("step", [
+    lambda m: surgeon.trace(m, X),
+    lambda m: surgeon.plan(m, X, criterion="taylor", data=taylor_data(), loss_fn=nn.MSELoss()),
+    lambda m: accumulate_gradients(m, taylor_data(), nn.MSELoss()),
+    lambda m: surgeon.prune(m, X, 0.5, verify=True),
+    lambda m: surgeon.count(m, X),
+], ids=["trace", "plan-taylor", "accumulate_gradients", "prune-verify", "count"])
+def test_entry_points_give_every_module_its_own_mode_back(step):
+    """A model training with one BatchNorm frozen in eval mode stays exactly so."""
+    torch.manual_seed(0)
+    m = TwoBn().train()
+    m.bn1.eval()
+    step(m)
+    assert {name for name, mod in m.named_modules() if not mod.training} == {"bn1"}

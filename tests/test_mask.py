@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from surgeon.mask import mask, remove_masks, sparsity
+from patterns import Dense  # noqa: E402
 
 RATIOS = [0.0, 0.3, 0.5, 1.0]
 
@@ -350,3 +351,24 @@ def test_default_ratio_half_element() -> None:
     mask(layer)
     assert sparsity(layer) == pytest.approx(0.5)
     assert math.isclose(float((layer.weight_mask == 0).float().mean()), 0.5)
+
+
+def test_maskable_layers_come_from_the_registry(monkeypatch) -> None:
+    """Registered with the Linear spec (weight_dims (1, 0)), a user's layer masks like a Linear:
+    channels are weight rows, N:M runs along the inputs; layers without weight_dims are not maskable."""
+    from surgeon import registry
+    from surgeon.mask import is_maskable
+
+    monkeypatch.setattr(registry, "_MODULES", dict(registry._MODULES))
+    spec = registry.layer_spec(nn.Linear(1, 1))
+    registry.register_module(Dense, spec.couple, layer=spec)
+    assert not any(is_maskable(m) for m in (nn.Embedding(4, 4), nn.BatchNorm2d(3), nn.LayerNorm(3)))
+    torch.manual_seed(0)
+    model = nn.Sequential(Dense(16, 12), nn.ReLU(), nn.Embedding(4, 4))
+    mask(model, 0.5, "channel")
+    rows = (model[0].weight == 0).all(dim=1)
+    assert int(rows.sum()) == 6 and is_maskable(model[0]) and not prune.is_pruned(model[2])
+    remove_masks(model)
+    mask(model, granularity="2:4", modules=[model[0]])
+    nonzero = (model[0].weight != 0).reshape(12, 4, 4).sum(dim=2)
+    assert (nonzero <= 2).all()

@@ -232,7 +232,9 @@ def test_a_size_that_does_not_follow_the_cut_keeps_its_group_whole():
             y = torch.cat([a, self.b(x)], 1)
             return self.fc(y.view(y.shape[0], a.shape[1] * 2, -1).flatten(1))
 
-    def a_first(group, tensors):  # a's channels score lowest: a loses more than b
+    # a's channels score lowest, so in global scope a loses more than b (local scope would cut each
+    # producer of the concatenation by the ratio, keeping the widths equal and the view right)
+    def a_first(group, tensors):
         import numpy as np
         scores = np.ones(group.n)
         scores[group.channel_of[surgeon.Pos("p", "a.weight", 0)]] = 0.0
@@ -241,7 +243,7 @@ def test_a_size_that_does_not_follow_the_cut_keeps_its_group_whole():
     m = CatView().eval()
     x = torch.randn(2, 3, 4, 4)
     want = m(x)
-    plan = surgeon.plan(m, x, ratio=0.25, criterion=a_first)
+    plan = surgeon.plan(m, x, ratio=0.25, criterion=a_first, scope="global")
     assert any("a" in c.group.layers for c in plan.cuts if len(c.remove))
     with pytest.warns(surgeon.FrozenGroupWarning, match=r"kept whole: after the cut.*node view.*test_record\.py"):
         plan.apply(verify=True)
@@ -303,7 +305,8 @@ def test_a_cut_that_breaks_the_forward_is_found_and_kept_whole():
     m = CatSplit().eval()
     x = torch.randn(2, 3, 4, 4)
     want = m(x)
-    plan = surgeon.plan(m, x, ratio=0.25, criterion=a_first)
+    # global scope: a's channels (normalised 0) go first, 7 of a's 8 and 2 of b's; c loses 2
+    plan = surgeon.plan(m, x, ratio=0.5, criterion=a_first, scope="global")
     with pytest.warns(surgeon.FrozenGroupWarning, match=r"kept whole: after the cut the model's own forward failed"):
         plan.apply()
     assert m.a.out_channels == 8 and m.c.out_channels < 6  # the breaking group stays, the other is cut

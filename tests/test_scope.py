@@ -1,7 +1,10 @@
 """Scope and targets: global ranking with normalisation and max_layer_ratio, per-module ratios,
-MACs / params targets met within one channel step, the analytic MACs / params prediction, and
-every criterion x scope through the surgical-equivalence oracle on the zoo."""
+concatenations cut per producer (SqueezeNet / GoogLeNet branches), MACs / params targets met within
+one channel step, the analytic MACs / params prediction, and every criterion x scope through the
+surgical-equivalence oracle on the zoo."""
 from __future__ import annotations
+
+import importlib
 
 import numpy as np
 import pytest
@@ -10,8 +13,12 @@ from torch import nn
 
 import surgeon
 import surgeon_models as zoo
+from surgeon import Pos
 from surgeon.count import count
+from surgeon.scope import producer_parts
 from surgeon.verify import assert_equivalent, zeroed_reference
+
+import patterns as P  # noqa: E402
 
 X = torch.randn(2, 3, 8, 8)
 
@@ -78,6 +85,82 @@ def test_local_is_the_same_ratio_everywhere():
     m = Chain()
     surgeon.prune(m, X, 0.5, criterion=skewed)
     assert kept(m) == (4, 4)
+
+
+# ------------------------------------------------------------------- concatenations: per producer
+# The producing convs of each concatenation, one tuple per torch.cat.
+FIRE = ("expand1x1", "expand3x3")
+INCEPTION = ("branch1.0", "branch2.1.0", "branch3.1.0", "branch4.1.0")
+CONCATS = {"squeezenet": [tuple(f"fires.{i}.{b}" for b in FIRE) for i in range(3)],
+           "googlenet": [tuple(f"{m}.{b}" for b in INCEPTION) for m in ("inc1", "inc2")]}
+
+
+def concat_model(name: str) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    m = {"squeezenet": P.SqueezeNetLike, "googlenet": P.GoogLeNetLike}[name]()
+    return zoo.randomize_bn(m, seed=1).eval(), torch.randn(2, 3, 32, 32)
+
+
+def branch_widths(model: nn.Module, name: str) -> list[list[int]]:
+    return [[model.get_submodule(n).out_channels for n in cat] for cat in CONCATS[name]]
+
+
+def pooled(monkeypatch) -> None:
+    """Rank every concatenation as one pool, as before producers were told apart."""
+    monkeypatch.setattr(importlib.import_module("surgeon.plan"), "producer_parts", lambda *a, **k: None)
+
+
+@pytest.mark.parametrize("name", ["squeezenet", "googlenet"])
+def test_local_scope_cuts_every_concatenated_branch_by_the_ratio(name):
+    """Each branch keeps half its filters, whatever its kernel size; surgically exact."""
+    m, x = concat_model(name)
+    before = branch_widths(m, name)
+    plan = surgeon.plan(m, x, 0.5)
+    assert {n for cat in CONCATS[name] for n in cat} <= set(plan.removed())
+    plan.apply(verify=True)
+    assert branch_widths(m, name) == [[w - w // 2 for w in cat] for cat in before]
+
+
+def test_pooled_ranking_empties_the_cheap_branch(monkeypatch):
+    """What the per-producer cut fixes: ranked as one pool by raw L1, each Fire module's 1x1
+    expand (8 weights per filter, vs 72 for the 3x3) keeps one filter and the 3x3 keeps all."""
+    m, x = concat_model("squeezenet")
+    pooled(monkeypatch)
+    surgeon.plan(m, x, 0.5).apply()
+    assert branch_widths(m, "squeezenet") == [[1, 16], [1, 16], [1, 32]]
+
+
+@pytest.mark.parametrize("name", ["squeezenet", "googlenet"])
+def test_global_scope_keeps_branches_comparable(name, monkeypatch):
+    """Global scope normalises each producer's scores by their own mean, so no branch is emptied
+    for its kernel size: every branch keeps between a quarter and three quarters of its filters
+    (ranked as one pool per concatenation, a 1x1 branch kept at most 2 of its filters)."""
+    m, x = concat_model(name)
+    before = branch_widths(m, name)
+    surgeon.plan(m, x, 0.5, scope="global").apply(verify=True)
+    kept = [k / w for cat_k, cat_w in zip(branch_widths(m, name), before) for k, w in zip(cat_k, cat_w)]
+    assert all(0.25 <= f <= 0.75 for f in kept), kept
+    m, x = concat_model(name)
+    pooled(monkeypatch)
+    surgeon.plan(m, x, 0.5, scope="global").apply()
+    assert min(min(cat) for cat in branch_widths(m, name)) <= 2
+
+
+def test_iterative_steps_cut_each_branch_of_its_original_width():
+    """Later steps measure each producer against its original width (from the baseline)."""
+    m, x = concat_model("squeezenet")
+    surgeon.prune(m, x, 0.5, steps=2, verify=True)
+    assert branch_widths(m, "squeezenet") == [[8, 8], [8, 8], [16, 16]]
+
+
+def test_producer_parts_of_a_concatenation():
+    """Two parts, one per expand conv, in channel order; one part (None) for a plain chain."""
+    m, x = concat_model("squeezenet")
+    g = next(g for g in surgeon.trace(m, x).groups if Pos("p", "fires.0.expand1x1.weight", 0) in g.channel_of)
+    parts = producer_parts(g, g.params)  # fires.1.squeeze reads all 32 channels: it separates nothing
+    assert [(p.channels.tolist(), p.n0) for p in parts] == [(list(range(16)), 16), (list(range(16, 32)), 16)]
+    chain = surgeon.trace(Chain(), X).groups[0]
+    assert producer_parts(chain, chain.params) is None
 
 
 # ------------------------------------------------------------------------------- per-module ratios

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from ..trace import eval_mode
 from .loop import call, default_device, split_batch, to_device
 
 __all__ = ["recalibrate_bn"]
@@ -40,22 +41,21 @@ def recalibrate_bn(model: nn.Module, data: Iterable[Any], batches: int | None = 
         return model
     device = torch.device(device) if device is not None else next(
         (p.device for p in model.parameters()), default_device())
-    saved = [(m, m.training) for m in model.modules()]
     momenta = [(m, m.momentum) for m in norms]
     backup = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
     try:
-        model.eval()
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches seen
-            m.train()
-        seen = 0
-        for batch in itertools.islice(data, batches):
-            inputs, _ = split_batch(batch)
-            call(model, to_device(inputs, device))
-            seen += 1
-        if seen == 0:
-            raise ValueError("the recalibration data yielded no batches; pass a non-empty loader")
+        with eval_mode(model):  # every module's own flag comes back afterwards
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average over the batches seen
+                m.train()
+            seen = 0
+            for batch in itertools.islice(data, batches):
+                inputs, _ = split_batch(batch)
+                call(model, to_device(inputs, device))
+                seen += 1
+            if seen == 0:
+                raise ValueError("the recalibration data yielded no batches; pass a non-empty loader")
     except BaseException:
         for m, (mean, var, n) in zip(norms, backup):
             m.running_mean.copy_(mean)
@@ -65,6 +65,4 @@ def recalibrate_bn(model: nn.Module, data: Iterable[Any], batches: int | None = 
     finally:
         for m, momentum in momenta:
             m.momentum = momentum
-        for m, mode in saved:
-            vars(m)["training"] = mode
     return model
