@@ -173,9 +173,25 @@ def test_apply_twice_is_an_error(tiny):
         plan.apply()
 
 
-def test_apply_verify_runs_the_oracle(tiny):
-    plan = surgeon.plan(tiny, X)
-    plan.apply(verify=True)
+def test_apply_verify_runs_the_oracle(tiny, monkeypatch):
+    """verify=True compares with the zeroed reference: a reference that computes something else
+    makes apply fail and restore the model; verify=False never looks at it."""
+    import surgeon.verify as verify
+
+    real = verify.zeroed_reference
+
+    def wrong(original, removed):
+        ref = real(original, removed)
+        with torch.no_grad():
+            next(ref.parameters()).add_(1.0)
+        return ref
+
+    monkeypatch.setattr(verify, "zeroed_reference", wrong)
+    saved = state(tiny)
+    with pytest.raises(surgeon.EquivalenceError, match="zeroed reference.*restored unchanged"):
+        surgeon.plan(tiny, X).apply(verify=True)
+    assert same_state(tiny, saved)
+    surgeon.plan(tiny, X).apply(verify=False)
     assert tiny.conv1.out_channels == 4
 
 

@@ -360,7 +360,10 @@ def test_parameter_free_kinds_come_from_the_registry(monkeypatch) -> None:
 #     we return the total for the batch given.
 # Params are identical (both sum model.parameters()).
 
-tp = pytest.importorskip("torch_pruning")
+@pytest.fixture
+def tp():
+    """torch-pruning, for the cross-checks only: the hand counts above run without it."""
+    return pytest.importorskip("torch_pruning")
 
 
 _TP_ACTIVATIONS = (nn.ReLU, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.ReLU6, nn.GELU)
@@ -395,7 +398,7 @@ def _tp_expected_for(module: nn.Module, kind: str, our_macs: int) -> int | None:
         pytest.param(MLP, (1, 20), id="mlp"),
     ],
 )
-def test_cross_check_with_torch_pruning(make, shape: tuple[int, ...]) -> None:
+def test_cross_check_with_torch_pruning(tp, make, shape: tuple[int, ...]) -> None:
     model = make().eval()
     x = torch.randn(shape)
     ours = count(model, x)
@@ -427,14 +430,14 @@ def test_cross_check_with_torch_pruning(make, shape: tuple[int, ...]) -> None:
         assert tp_macs == pytest.approx(ours.macs, rel=0.01)
 
 
-def test_torch_pruning_reports_per_sample_we_report_per_batch() -> None:
+def test_torch_pruning_reports_per_sample_we_report_per_batch(tp) -> None:
     model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.Conv2d(8, 4, 1, bias=False))
     x = torch.randn(4, 3, 10, 10)
     tp_macs, _ = tp.utils.count_ops_and_params(model, x)
     assert count(model, x).macs == 4 * tp_macs
 
 
-def test_torch_pruning_overcounts_conv_transpose_by_stride_squared() -> None:
+def test_torch_pruning_overcounts_conv_transpose_by_stride_squared(tp) -> None:
     model = nn.Sequential(nn.ConvTranspose2d(4, 6, 2, stride=2, bias=False))
     x = torch.randn(1, 4, 5, 5)
     tp_macs, _ = tp.utils.count_ops_and_params(model, x)
