@@ -276,31 +276,33 @@ def plot(summary: list[dict[str, Any]], path: Path) -> None:
     methods = [m for m in AFTER + BEFORE if any(s["method"] == m for s in summary)]
     colours = dict(zip(methods, plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2]))
     markers = dict(zip(methods, "osD^vP*Xhp<>" * 2))
-    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 5.2), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        rows = [s for s in summary if s["model"] == model]
-        for s in rows:
-            if s["method"] == "dense":
-                ax.axhline(s["accuracy_mean"], color="0.5", lw=1, ls=":", label="dense")
-        for method, scope in dict.fromkeys((s["method"], s["scope"]) for s in rows if s["method"] != "dense"):
-            pts = sorted((s["macs_kept"], s["accuracy_mean"], s["accuracy_std"]) for s in rows
-                         if s["method"] == method and s["scope"] == scope)
-            xs, ys, es = zip(*pts)
-            ax.errorbar(xs, ys, yerr=es, color=colours[method], marker=markers[method], ms=5, capsize=2,
-                        ls="--" if scope == "global" else "-", label=f"{method} ({scope})")
-        ax.set_xscale("log")
-        ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-                 if min(s["macs_kept"] for s in rows) / 2 <= t <= 1.0]
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("MACs kept (fraction of the dense model, log scale)")
-        ax.set_ylabel("test accuracy (%, mean +- std over seeds)")
-        ax.set_title(f"{model} on digits")
-        ax.set_ylim(0, 101)
-        ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(2, len(models), figsize=(6.5 * len(models), 9.5), squeeze=False,
+                             gridspec_kw={"height_ratios": [1, 1.2]})
+    for row, zoom in ((0, False), (1, True)):  # the bottom row zooms into the recovered models
+        for ax, model in zip(axes[row], models):
+            rows = [s for s in summary if s["model"] == model]
+            for s in rows:
+                if s["method"] == "dense":
+                    ax.axhline(s["accuracy_mean"], color="0.5", lw=1, ls=":", label="dense")
+            for method, scope in dict.fromkeys((s["method"], s["scope"]) for s in rows if s["method"] != "dense"):
+                pts = sorted((s["macs_kept"], s["accuracy_mean"], s["accuracy_std"]) for s in rows
+                             if s["method"] == method and s["scope"] == scope)
+                xs, ys, es = zip(*pts)
+                ax.errorbar(xs, ys, yerr=es, color=colours[method], marker=markers[method], ms=5, capsize=2,
+                            ls="--" if scope == "global" else "-", label=f"{method} ({scope})")
+            ax.set_xscale("log")
+            ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+                     if min(s["macs_kept"] for s in rows) / 2 <= t <= 1.0]
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xlabel("MACs kept (fraction of the dense model, log scale)")
+            ax.set_ylabel("test accuracy (%, mean +- std over seeds)")
+            ax.set_title(f"{model} on digits" + (": zoom on 85-100%" if zoom else ""))
+            ax.set_ylim((85, 100.5) if zoom else (0, 101))
+            ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.2, 1, 1))
+    fig.tight_layout(rect=(0, 0.11, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
