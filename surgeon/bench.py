@@ -101,17 +101,10 @@ def torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
 
 
 def bench_session(path: str | Path, threads: int = 2) -> Any:
-    """An onnxruntime CPU session for side-by-side timing: ``threads`` intra-op threads that do not
-    spin once a run ends. ORT's default lets its workers busy-wait after each run; with several
-    sessions interleaved, the previous session's spinning workers steal the cores from the next
-    one (measured on ResNet-18, 2 threads: 40 ms per run instead of 20 ms, for every variant)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    """An onnxruntime CPU session for side-by-side timing: ``export.onnx_session`` with ``threads``
+    intra-op threads (default 2), whose workers do not spin once a run ends."""
+    from .export import onnx_session
+    return onnx_session(path, threads=threads)
 
 
 def ort_runner(session: Any, x: torch.Tensor) -> Callable[[], Any]:
