@@ -27,9 +27,16 @@ from .indexmap import Pos
 if TYPE_CHECKING:
     from .plan import Plan
 
-__all__ = ["FORMAT", "PlanMismatch", "plan_to_dict", "save_plan", "load_plan"]
+__all__ = ["FORMAT", "PlanMismatch", "plan_to_dict", "save_plan", "load_plan", "trace_options"]
 
 FORMAT = "surgeon-plan-v1"
+# The options of ``surgeon.plan`` that change the trace: ``load_plan`` must trace with the same ones.
+TRACE_OPTIONS = ("leaf_modules", "tracer", "keep_outputs")
+
+
+def trace_options(plan_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The trace options among ``plan_kwargs``, for ``load_plan`` to trace the model alike."""
+    return {k: v for k, v in plan_kwargs.items() if k in TRACE_OPTIONS}
 
 
 class PlanMismatch(ValueError):

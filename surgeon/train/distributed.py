@@ -27,13 +27,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..plan import Plan, plan
-from ..planfile import load_plan
+from ..planfile import load_plan, trace_options
 
 __all__ = ["is_distributed", "broadcast_object", "prune_distributed", "wrap_ddp", "broadcast_buffers",
            "structure"]
-
-# the options of surgeon.plan that surgeon.load_plan needs too (it passes them to trace)
-TRACE_KWARGS = ("leaf_modules", "tracer", "keep_outputs")
 
 
 def is_distributed() -> bool:
@@ -116,8 +113,7 @@ def prune_distributed(model: nn.Module, example_inputs: Any, *, src: int = 0, ve
         raise sent
     try:
         if found is None:
-            found = load_plan(model, example_inputs, doc,
-                              **{k: v for k, v in plan_kwargs.items() if k in TRACE_KWARGS})
+            found = load_plan(model, example_inputs, doc, **trace_options(plan_kwargs))
         found.apply(verify=verify)  # atomic: a rank that fails is left unchanged
         mine: Any = structure(model)
     except Exception as e:

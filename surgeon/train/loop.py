@@ -105,10 +105,12 @@ class History:
         return len(self.loss)
 
 
-def _check_epochs(epochs: Any) -> int:
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    return epochs
+def check_count(name: str, value: Any, minimum: int = 0) -> int:
+    """An integer argument >= ``minimum`` (epochs, batches), with the argument's name in the error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return value
 
 
 @dataclass
@@ -159,7 +161,7 @@ class Trainer:
             slimming penalty's subgradient). after_step(model): after each optimizer step.
         on_epoch_end(epoch, model): after each epoch (epoch = 1 .. epochs), e.g. soft pruning.
         Every module's train / eval flag is restored afterwards."""
-        epochs = _check_epochs(epochs)
+        epochs = check_count("epochs", epochs)
         if self.train is None:
             raise ValueError("this Trainer has no training data (train=None); pass a DataLoader of "
                              "(inputs, target) batches")

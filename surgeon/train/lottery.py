@@ -34,8 +34,7 @@ from ..cost import Footprint
 from ..indexmap import Pos
 from ..mask import mask, remove_masks, sparsity
 from ..plan import plan
-from ..planfile import load_plan
-from .distributed import TRACE_KWARGS
+from ..planfile import load_plan, trace_options
 from .init import copy_model, is_masked, kept_parameters, masked_tensors, refresh_masked
 from .loop import Trainer
 from .outcome import Outcome, Step
@@ -160,7 +159,7 @@ def _restore(model: nn.Module, initial: State) -> None:
 
 def _split_kwargs(structured: bool, plan_kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     if structured:
-        return plan_kwargs, {k: v for k, v in plan_kwargs.items() if k in TRACE_KWARGS}
+        return plan_kwargs, trace_options(plan_kwargs)
     wrong = sorted(set(plan_kwargs) - set(_MASK_KWARGS))
     if wrong:
         raise TypeError(f"structured=False masks single weights with surgeon.mask, which takes "

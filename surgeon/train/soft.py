@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..plan import Plan, plan
-from ..planfile import load_plan
+from ..planfile import load_plan, trace_options
 from ..record import flatten_tensors
 from ..registry import layer_spec
 from ..trace import as_example_inputs, eval_mode
@@ -39,7 +39,6 @@ from .workflows import check_count, check_loaders, evaluate, measure, on_device
 
 __all__ = ["SoftFilterPruner", "soft_filter_pruning"]
 
-_TRACE_KWARGS = ("leaf_modules", "tracer", "keep_outputs")  # what load_plan needs to trace alike
 
 
 class SoftFilterPruner:
@@ -88,8 +87,7 @@ class SoftFilterPruner:
         return self.example_inputs if device is None else to_device(self.example_inputs, device)
 
     def _load(self, decision: dict[str, Any]) -> Plan:
-        kwargs = {k: v for k, v in self.plan_kwargs.items() if k in _TRACE_KWARGS}
-        return load_plan(self.model, self._inputs(), decision, **kwargs)
+        return load_plan(self.model, self._inputs(), decision, **trace_options(self.plan_kwargs))
 
     def _zero_outputs(self, removed: dict[str, dict[str, list[int]]]) -> None:
         for name, cut in removed.items():

@@ -25,7 +25,7 @@ from ..count import count
 from ..plan import Plan, plan
 from ..regularize import bn_l1_penalty, bn_l1_subgradient_, bn_scales
 from ..schedule import fractions, prune_iteratively
-from .loop import Trainer, check_floor, to_device
+from .loop import Trainer, check_count, check_floor, to_device
 from .outcome import Outcome, Step
 from .recalibrate import recalibrate_bn
 from .reconstruct import reconstruct as refit_layers
@@ -34,14 +34,6 @@ __all__ = ["one_shot", "iterative", "slimming"]
 
 
 # ------------------------------------------------------------------------------ shared helpers
-def check_count(name: str, value: Any, minimum: int = 0) -> int:
-    """An integer argument >= ``minimum`` (epochs, batches), with the argument's name in the error."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    return value
-
-
 def check_loaders(trainer: Trainer, needs_train: bool) -> None:
     """Refuse a missing or empty loader now, not after a surgery already changed the model.
 
