@@ -16,7 +16,7 @@ from .checkpoint import load, save
 from .cost import Footprint
 from .count import count
 from .criteria import CRITERIA, REDUCTIONS, accumulate_gradients
-from .dependency import ChannelGraph, FrozenGroupWarning, trace
+from .trace import ChannelGraph, FrozenGroupWarning, trace
 from .errors import NothingToPrune, SurgeryError, TraceFailure, ValueDependentWarning
 from .groups import Group
 from .indexmap import IndexMap, Pos

@@ -114,7 +114,7 @@ def _progress(enabled: bool, total: int | None = None, desc: str = "") -> Any:
 @contextlib.contextmanager
 def _reported_warnings(verbose: bool) -> Iterator[None]:
     """Collect warnings; frozen-group ones are worth a line each, the rest only with --verbose."""
-    from .dependency import FrozenGroupWarning
+    from .trace import FrozenGroupWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -165,7 +165,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 # ------------------------------------------------------------------------------------ inspect
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .dependency import trace
+    from .trace import trace
 
     if args.graph:
         from .viz import FORMATS

@@ -21,7 +21,7 @@ from .graph import param_paths
 from .indexmap import Pos
 
 if TYPE_CHECKING:
-    from .dependency import ChannelGraph
+    from .trace import ChannelGraph
 
 __all__ = ["Footprint", "CostModel"]
 

@@ -59,7 +59,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .registry import mac_kind
-from .trace import ExampleInputs, as_example_inputs, eval_mode
+from .capture import ExampleInputs, as_example_inputs, eval_mode
 
 __all__ = ["Counts", "NodeCount", "count", "format_count", "contracted_operand"]
 

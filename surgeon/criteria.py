@@ -42,7 +42,7 @@ from torch import nn
 from .groups import Group
 from .indexmap import Pos
 from .registry import layer_spec
-from .trace import eval_mode
+from .capture import eval_mode
 
 __all__ = ["Criterion", "CRITERIA", "REDUCTIONS", "SIDES", "get_criterion", "bind_criterion",
            "member_scores", "reduce_members", "member_filter", "check_side", "check_reduction", "accumulate_gradients",

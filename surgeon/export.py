@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .trace import as_input_tuple, eval_mode
+from .capture import as_input_tuple, eval_mode
 
 __all__ = [
     "OnnxExportError",
@@ -123,7 +123,7 @@ class OnnxExportError(RuntimeError):
 
 
 def _as_input_tuple(example_inputs: Any, *, need_batch: bool) -> tuple[torch.Tensor, ...]:
-    """Normalise ``example_inputs`` (see ``surgeon.trace.as_input_tuple``); a dynamic batch also
+    """Normalise ``example_inputs`` (see ``surgeon.capture.as_input_tuple``); a dynamic batch also
     needs every input to have a batch dimension."""
     inputs = as_input_tuple(example_inputs)
     for i, t in enumerate(inputs):

@@ -21,7 +21,7 @@ from torch.fx.passes.shape_prop import TensorMetadata
 
 from .indexmap import IndexMap, Pos
 from .registry import OpEntry, lookup
-from .trace import Traced, node_module, node_source
+from .capture import Traced, node_module, node_source
 
 __all__ = ["Fixed", "RuleContext", "build_graph", "op_label", "param_paths", "layer_positions", "is_multi"]
 

@@ -17,7 +17,7 @@ from torch import nn
 from .cost import CostModel, Footprint, cost_model
 from .criteria import (Criterion, accumulate_gradients, bind_criterion, check_reduction, check_side,
                        get_criterion, is_input_side, member_filter, needs_data)
-from .dependency import ChannelGraph, FrozenGroupWarning, trace
+from .trace import ChannelGraph, FrozenGroupWarning, trace
 from .errors import NothingToPrune, SurgeryError, TraceFailure
 from .graph import iter_module_calls, layer_positions
 from .groups import Group
@@ -27,7 +27,7 @@ from .protect import owner_name as _owner
 from .protect import protected_groups
 from .scope import SCOPES, Candidate, GroupCut, Request, TargetReport, producer_parts, select
 from .surgery import ShapeMismatch, apply_removal, resolve_tensor
-from .trace import node_source
+from .capture import node_source
 
 __all__ = ["Plan", "GroupCut", "Baseline", "plan", "prune"]
 

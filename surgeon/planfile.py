@@ -89,7 +89,7 @@ def load_plan(model: nn.Module, example_inputs: Any, source: Union[str, os.PathL
     go to ``surgeon.trace`` (``leaf_modules``, ``tracer``, ``keep_outputs``). Raises PlanMismatch
     naming the tensor when the plan was made for another model."""
     from .cost import cost_model
-    from .dependency import trace
+    from .trace import trace
     from .plan import Plan
     from .scope import GroupCut
 

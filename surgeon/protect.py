@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .dependency import ChannelGraph
+from .trace import ChannelGraph
 from .graph import iter_module_calls, layer_positions
 from .indexmap import Pos
 

@@ -20,10 +20,10 @@ from .graph import is_multi, iter_module_calls, layer_positions
 from .indexmap import Pos
 from .record import write_attribute
 from .registry import layer_spec
-from .trace import Traced, trace_fx
+from .capture import Traced, trace_fx
 
 if TYPE_CHECKING:
-    from .dependency import ChannelGraph
+    from .trace import ChannelGraph
 
 __all__ = ["apply_removal", "resolve_tensor", "check_layers", "Snapshot", "ShapeMismatch"]
 

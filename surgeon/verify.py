@@ -16,7 +16,7 @@ from torch import nn
 
 from .registry import layer_spec
 from .record import flatten_tensors
-from .trace import as_example_inputs, eval_mode
+from .capture import as_example_inputs, eval_mode
 
 __all__ = ["zeroed_reference", "assert_equivalent", "EquivalenceError"]
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import networkx as nx
 
-from .dependency import ChannelGraph
+from .trace import ChannelGraph
 from .groups import Group
 from .indexmap import Pos
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..trace import module_mode
+from ..capture import module_mode
 
 __all__ = ["Trainer", "History", "seed_everything", "default_device", "to_device", "split_batch",
            "accuracy", "sgd", "cosine"]

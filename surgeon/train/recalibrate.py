@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from ..trace import eval_mode
+from ..capture import eval_mode
 from .loop import call, default_device, split_batch, to_device
 
 __all__ = ["recalibrate_bn"]

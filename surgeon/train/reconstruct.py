@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..trace import eval_mode
+from ..capture import eval_mode
 from .loop import call, split_batch, to_device
 from .recalibrate import recalibrate_bn
 

@@ -30,7 +30,7 @@ from ..plan import Plan, plan
 from ..planfile import load_plan, trace_options
 from ..record import flatten_tensors
 from ..registry import layer_spec
-from ..trace import as_example_inputs, eval_mode
+from ..capture import as_example_inputs, eval_mode
 from ..verify import max_abs_diff, zeroed_reference
 from .distributed import broadcast_object, is_distributed
 from .loop import Trainer, to_device
