@@ -21,10 +21,10 @@ from .errors import NothingToPrune, SurgeryError, TraceFailure, ValueDependentWa
 from .groups import Group
 from .indexmap import IndexMap, Pos
 from .mask import mask, remove_masks, sparsity
-from .plan import GroupCut, Plan, plan, prune
+from .plan import GroupCut, Plan, plan
 from .planfile import PlanMismatch, load_plan
 from .regularize import bn_l1_penalty, bn_l1_subgradient_
-from .schedule import prune_iteratively
+from .schedule import prune, prune_iteratively
 from .scope import TargetReport
 from .verify import EquivalenceError, assert_equivalent, zeroed_reference
 from .weights import load_weights

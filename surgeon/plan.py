@@ -1,6 +1,7 @@
 """Step 5: the plan. Decide which channels of which groups go, show it, then apply it.
 
-``surgeon.plan(...)`` only reads the model; ``Plan.apply()`` performs the surgery (atomically).
+``surgeon.plan(...)`` only reads the model; ``Plan.apply()`` performs the surgery (atomically);
+``surgeon.prune`` (in ``schedule``) does both, in one shot or in steps.
 Scoring lives in ``criteria``, how many channels each group loses in ``scope``, the MACs / params
 prediction in ``cost`` and iterative pruning in ``schedule``.
 """
@@ -29,7 +30,7 @@ from .scope import SCOPES, Candidate, GroupCut, Request, TargetReport, producer_
 from .surgery import ShapeMismatch, apply_removal, resolve_tensor
 from .capture import node_source
 
-__all__ = ["Plan", "GroupCut", "Baseline", "plan", "prune"]
+__all__ = ["Plan", "GroupCut", "Baseline", "plan", "check_request", "check_ratios"]
 
 
 class _DefaultRatio(float):
@@ -215,14 +216,15 @@ class Plan:
         return self.model
 
     def _apply_once(self, verify: bool) -> None:
-        check = None
+        check: Callable[[], None] | None = None
         if verify:
             from .verify import assert_equivalent, zeroed_reference
             reference = zeroed_reference(self.model, self.removed())
 
-            def check() -> None:  # runs inside the surgery's rollback scope
+            def oracle() -> None:  # runs inside the surgery's rollback scope
                 assert_equivalent(reference, self.model, self.graph.traced.inputs,
                                   outputs=self.graph.keep_outputs)
+            check = oracle
         apply_removal(self.graph, self.removed_positions(), self.graph.traced.inputs, check)
 
     def _freeze_breaking(self, e: SurgeryError) -> bool:
@@ -296,7 +298,7 @@ def _dry_run() -> None:
     raise _DryRun()
 
 
-def _request(ratio: Any, scope: Any, round_to: Any, max_layer_ratio: Any, target_macs: Any,
+def check_request(ratio: Any, scope: Any, round_to: Any, max_layer_ratio: Any, target_macs: Any,
              target_params: Any) -> Request:
     """Validate the how-much arguments (before anything is traced, so bad input changes nothing)."""
     if scope not in SCOPES:
@@ -320,7 +322,7 @@ def _request(ratio: Any, scope: Any, round_to: Any, max_layer_ratio: Any, target
     return Request(scope, _check_ratio(ratio), None, mlr, round_to)
 
 
-def _check_ratios(model: nn.Module, ratios: Mapping[Any, Any] | None) -> dict[str, float]:
+def check_ratios(model: nn.Module, ratios: Mapping[Any, Any] | None) -> dict[str, float]:
     if ratios is None:
         return {}
     if not isinstance(ratios, Mapping):
@@ -403,7 +405,7 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    req = _request(ratio, scope, round_to, max_layer_ratio, target_macs, target_params)
+    req = check_request(ratio, scope, round_to, max_layer_ratio, target_macs, target_params)
     fn = get_criterion(criterion)
     check_reduction(reduction)
     check_side(side)
@@ -412,7 +414,7 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
                          "target), ...] (a few batches) and loss_fn=(output, target) -> loss")
     ignored = _module_names(model, ignore or (), "ignore")
     frozen = _module_names(model, freeze or (), "freeze")
-    overrides = _check_ratios(model, ratios)
+    overrides = check_ratios(model, ratios)
     graph = trace(model, example_inputs, leaf_modules=leaf_modules, tracer=tracer, keep_outputs=keep_outputs)
     protected = protected_groups(graph, ignored, frozen)
     if protected.strict:
@@ -468,19 +470,3 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     cuts, report = select(cands, req, lambda cs: cost.footprint(removed_counts(cs)), reference, tuple(retired))
     return Plan(graph, cuts, skipped, cost, report)
 
-
-def prune(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
-          criterion: Union[str, Criterion] = "l1", *, steps: int = 1,
-          schedule: Union[str, Callable[[float], float]] = "linear",
-          callback: Callable[[int, nn.Module, Plan], None] | None = None,
-          verify: bool = False, **kwargs: Any) -> nn.Module:
-    """Prune ``model`` in place and return it: ``plan(...)`` then ``apply()``, in one shot, or in
-    ``steps`` prunes that reach the ratio / target on a ``schedule`` ("linear", "cubic" or a
-    function), re-scoring the smaller model each time and calling ``callback(step, model, plan)``
-    after each step (to fine-tune). See ``surgeon.schedule``."""
-    if type(steps) is int and steps == 1 and callback is None:
-        return plan(model, example_inputs, ratio=ratio, criterion=criterion, **kwargs).apply(verify=verify)
-    from .schedule import prune_iteratively
-    prune_iteratively(model, example_inputs, ratio=ratio, criterion=criterion, steps=steps,
-                      schedule=schedule, callback=callback, verify=verify, **kwargs)
-    return model

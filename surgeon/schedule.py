@@ -1,4 +1,5 @@
-"""Iterative pruning: reach the ratio / target in ``steps`` prunes instead of one.
+"""``surgeon.prune``: plan and apply in one shot, or reach the ratio / target in ``steps`` prunes
+(iterative pruning).
 
 Pruning a little, fine-tuning, and pruning again is less sensitive to noisy scores than one big
 cut: each step re-traces and re-scores the current, already smaller (and fine-tuned) model. A
@@ -21,9 +22,10 @@ from typing import Any, Callable, Union
 
 from torch import nn
 
-from .plan import DEFAULT_RATIO, Baseline, Plan, _check_ratios, _request, plan
+from .criteria import Criterion
+from .plan import DEFAULT_RATIO, Baseline, Plan, check_ratios, check_request, plan
 
-__all__ = ["SCHEDULES", "fractions", "prune_iteratively"]
+__all__ = ["SCHEDULES", "fractions", "prune", "prune_iteratively"]
 
 SCHEDULES: dict[str, Callable[[float], float]] = {
     "linear": lambda t: t,
@@ -71,9 +73,9 @@ def prune_iteratively(model: nn.Module, example_inputs: Any, ratio: float = DEFA
     if "baseline" in kwargs:
         raise TypeError("baseline is set by prune_iteratively itself; do not pass it")
     # validate the final amounts now: a bad value must fail before the first step changes the model
-    _request(ratio, kwargs.get("scope", "local"), kwargs.get("round_to"), kwargs.get("max_layer_ratio"),
+    check_request(ratio, kwargs.get("scope", "local"), kwargs.get("round_to"), kwargs.get("max_layer_ratio"),
              target.get("target_macs"), target.get("target_params"))
-    _check_ratios(model, ratios)
+    check_ratios(model, ratios)
     data = kwargs.get("data")
     if steps > 1 and data is not None and iter(data) is data:
         raise ValueError("data is an iterator, used up by the first step; pass a list or a DataLoader "
@@ -97,3 +99,19 @@ def prune_iteratively(model: nn.Module, example_inputs: Any, ratio: float = DEFA
         if callback is not None:
             callback(step, model, p)
     return plans
+
+
+def prune(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
+          criterion: Union[str, Criterion] = "l1", *, steps: int = 1,
+          schedule: Union[str, Callable[[float], float]] = "linear",
+          callback: Callable[[int, nn.Module, Plan], None] | None = None,
+          verify: bool = False, **kwargs: Any) -> nn.Module:
+    """Prune ``model`` in place and return it: ``plan(...)`` then ``apply()``, in one shot, or in
+    ``steps`` prunes that reach the ratio / target on a ``schedule`` ("linear", "cubic" or a
+    function), re-scoring the smaller model each time and calling ``callback(step, model, plan)``
+    after each step (to fine-tune). See ``surgeon.schedule``."""
+    if type(steps) is int and steps == 1 and callback is None:
+        return plan(model, example_inputs, ratio=ratio, criterion=criterion, **kwargs).apply(verify=verify)
+    prune_iteratively(model, example_inputs, ratio=ratio, criterion=criterion, steps=steps,
+                      schedule=schedule, callback=callback, verify=verify, **kwargs)
+    return model
