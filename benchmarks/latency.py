@@ -2,6 +2,7 @@
 
     python benchmarks/latency.py                 # the full run (tens of minutes on 2 cores)
     python benchmarks/latency.py --quick --out /tmp/quick   # tinynet, 3 runs: under 30 s
+    python benchmarks/latency.py --latency-targets 0.5,0.3  # latency targets (benchmarks/latency_targets.py)
 
 For each model and ratio: parameters, MACs, ONNX file size, and the median latency in torch eager
 and in ONNX Runtime (batch 1 and 8, 2 intra-op threads, warm-up first) of every variant, all
@@ -42,7 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=224, help="input H = W for the ImageNet models (default 224)")
     p.add_argument("--out", help="output directory (default benchmarks/results; none for --quick)")
     p.add_argument("--resume", action="store_true", help="reuse OUT/<model>.json of models already measured")
+    p.add_argument("--latency-targets", metavar="F,F", help="run the latency-target section instead: for each "
+                   "fraction, the latency-aware plan vs the uniform plan of the same measured latency (models "
+                   "default resnet50,mobilenet_v2,resnet18; writes OUT/latency_targets.md and .json)")
     args = p.parse_args(argv)
+    args.models_given = args.models
     if args.quick:
         args.models = args.models or ",".join(QUICK_MODELS)
         args.runs, args.warmup, args.repeats = min(args.runs, 3), min(args.warmup, 1), 1
@@ -59,6 +64,8 @@ def input_shape(name: str, size: int) -> tuple[int, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.latency_targets:
+        return latency_targets_main(args, argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
         zoo.entry(m)  # unknown names fail before anything runs
@@ -94,6 +101,21 @@ def main(argv: list[str] | None = None) -> int:
     if out is not None:
         paths = write_all(result, out)
         print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    return 0
+
+
+def latency_targets_main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    import latency_targets
+    models = [m.strip() for m in (args.models_given or ",".join(latency_targets.DEFAULT_MODELS)).split(",")]
+    for m in models:
+        zoo.entry(m)
+    targets = [float(t) for t in args.latency_targets.split(",")]
+    if any(not 0 < t <= 1 for t in targets):
+        raise SystemExit(f"--latency-targets must be fractions in (0, 1], got {args.latency_targets}")
+    command = "python benchmarks/latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    md = latency_targets.run(models, targets, args.threads, args.runs, Path(args.out) if args.out else None, command,
+                             lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(md)
     return 0
 
 

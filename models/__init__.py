@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .convnext import convnext
-from .densenet import densenet
+from .densenet import densenet, densenet121
 from .mobilenet import mobilenet_v2, mobilenet_v2_32
 from .resnet import resnet18, resnet20, resnet50, resnet56
 from .se_resnet import se_resnet
@@ -93,6 +93,8 @@ ZOO: dict[str, ZooEntry] = _register(
              "MobileNetV2: inverted residuals, depthwise 3x3, linear bottlenecks, ReLU6"),
     ZooEntry("densenet", densenet, (1, 3, 32, 32),
              "small CIFAR DenseNet (growth 12, 3 blocks x 4 layers, torch.cat concatenation)"),
+    ZooEntry("densenet121", densenet121, (1, 3, 224, 224),
+             "ImageNet DenseNet-121 (growth 32, 6/12/24/16 bottleneck layers): 58 concatenations"),
     ZooEntry("se_resnet", se_resnet, (1, 3, 32, 32),
              "small CIFAR SE-ResNet (3 stages x 2 blocks, squeeze-excitation with size()/view)"),
     ZooEntry("convnext", convnext, (1, 3, 64, 64),

@@ -20,6 +20,7 @@ from .trace import ChannelGraph, FrozenGroupWarning, trace
 from .errors import NothingToPrune, SurgeryError, TraceFailure, ValueDependentWarning
 from .groups import Group
 from .indexmap import IndexMap, Pos
+from .latency import LatencySettings
 from .mask import mask, remove_masks, sparsity
 from .plan import GroupCut, Plan, plan
 from .planfile import PlanMismatch, load_plan
@@ -36,6 +37,7 @@ __all__ = [
     "ValueDependentWarning", "load_plan", "PlanMismatch",
     "zeroed_reference", "assert_equivalent", "Footprint", "REDUCTIONS", "accumulate_gradients",
     "bn_l1_penalty", "bn_l1_subgradient_", "prune_iteratively", "TargetReport", "load_weights",
+    "LatencySettings", "LatencyReport",
 ]
 
 
@@ -43,4 +45,7 @@ def __getattr__(name: str):  # export imports onnx lazily: keep `import surgeon`
     if name == "export_onnx":
         from .export import export_onnx
         return export_onnx
+    if name == "LatencyReport":
+        from .allocate import LatencyReport
+        return LatencyReport
     raise AttributeError(f"module 'surgeon' has no attribute {name!r}")

@@ -1,10 +1,5 @@
 """Step 8: the benchmark. Is the pruned model really faster and smaller, and was it worth it?
 
-Timing follows nanoGPT's ``bench.py``: a burn-in stage, then the measured one; medians; and all
-methods side by side in one process. On a noisy machine two methods timed minutes apart can differ
-by more than the effect being measured, so :func:`time_side_by_side` interleaves them: every round
-calls each method once (in a rotated order), and each method's median is taken over its rounds.
-
 One model at a set of ratios is compared across four methods (:data:`METHODS`):
 
 * ``dense``: the unpruned model;
@@ -15,15 +10,14 @@ One model at a set of ratios is compared across four methods (:data:`METHODS`):
 * ``torch-pruning``: Torch-Pruning's ``MagnitudePruner`` (L1) at the same ratio, classifier ignored.
 
 Trace + prune time of surgeon and Torch-Pruning is measured interleaved too, each on a fresh copy of
-the same dense model, dependency-graph building included.
+the same dense model, dependency-graph building included. Every variant is exported to ONNX and
+timed with all the others interleaved, in torch and ONNX Runtime, by ``timing.side_by_side``.
 """
 from __future__ import annotations
 
 import copy
-import gc
 import os
 import platform
-import random
 import statistics
 import tempfile
 import time
@@ -32,100 +26,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["METHODS", "Timing", "Row", "BenchResult", "time_side_by_side", "before_after", "bench_session", "torch_runner",
-           "ort_runner", "classifier_of", "prune_with_surgeon", "prune_with_torch_pruning",
+from .timing import BACKENDS, Timing, check_backends, side_by_side
+
+__all__ = ["METHODS", "Row", "BenchResult", "classifier_of", "prune_with_surgeon", "prune_with_torch_pruning",
            "mask_to_match", "effective_macs", "run_benchmark", "machine_info"]
 
 METHODS = ("dense", "mask", "surgeon", "torch-pruning")
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Wall-clock statistics of one callable, in milliseconds."""
-
-    median_ms: float  # the figure reported everywhere
-    p10_ms: float     # 10th / 90th percentiles: the spread the median hides
-    p90_ms: float
-    runs: int         # measured calls (burn-in calls excluded)
-
-    @classmethod
-    def from_seconds(cls, samples: Sequence[float]) -> "Timing":
-        if not samples:
-            raise ValueError("no timing samples: runs must be >= 1")
-        ms = np.asarray(samples, dtype=np.float64) * 1e3
-        return cls(float(np.median(ms)), float(np.percentile(ms, 10)), float(np.percentile(ms, 90)), len(ms))
-
-
-def time_side_by_side(fns: Mapping[str, Callable[[], Any]], runs: int = 20, warmup: int = 3,
-                      seed: int = 0) -> dict[str, Timing]:
-    """Time every callable of ``fns``: ``warmup`` burn-in calls each, then ``runs`` rounds in which
-    each is called once, in a fresh random order every round (fixed seed), so that slow phases of a
-    noisy machine hit every method alike and no method always runs right after the same neighbour
-    (whose leftovers in the caches or on the cores it would inherit). Returns the median per name."""
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"runs must be >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    names = list(fns)
-    for name in names:
-        for _ in range(warmup):
-            fns[name]()
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()  # a collection inside one timed call would charge one method for everyone's garbage
-    try:
-        rng = random.Random(seed)
-        for _ in range(runs):
-            for name in rng.sample(names, len(names)):
-                fn = fns[name]
-                t0 = time.perf_counter()
-                fn()
-                samples[name].append(time.perf_counter() - t0)
-    finally:
-        if was_enabled:
-            gc.enable()
-    return {n: Timing.from_seconds(s) for n, s in samples.items()}
-
-
-def torch_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
-    """A no-argument callable running ``model(x)`` in eval mode without autograd."""
-    model.eval()
-
-    def run() -> Any:
-        with torch.inference_mode():
-            return model(x)
-    return run
-
-
-def bench_session(path: str | Path, threads: int = 2) -> Any:
-    """An onnxruntime CPU session for side-by-side timing: ``export.onnx_session`` with ``threads``
-    intra-op threads (default 2), whose workers do not spin once a run ends."""
-    from .export import onnx_session
-    return onnx_session(path, threads=threads)
-
-
-def ort_runner(session: Any, x: torch.Tensor) -> Callable[[], Any]:
-    """A no-argument callable running an onnxruntime session on ``x`` (converted once, up front)."""
-    feed = {session.get_inputs()[0].name: x.detach().cpu().numpy()}
-    return lambda: session.run(None, feed)
-
-
-def before_after(before: nn.Module, after: nn.Module, x: torch.Tensor, onnx: tuple[Path, Path] | None = None,
-                 runs: int = 20, warmup: int = 3, threads: int = 2) -> dict[str, dict[str, Timing]]:
-    """Latency of two models (and of their ONNX files, when given) side by side, at ``x``'s batch:
-    {"torch/b1": {"before": Timing, "after": Timing}, "ort/b1": {...}}."""
-    torch.set_num_threads(threads)
-    key = f"b{x.shape[0]}"
-    out = {f"torch/{key}": time_side_by_side({"before": torch_runner(before, x), "after": torch_runner(after, x)},
-                                             runs=runs, warmup=warmup)}
-    if onnx is not None:
-        out[f"ort/{key}"] = time_side_by_side({"before": ort_runner(bench_session(onnx[0], threads), x),
-                                               "after": ort_runner(bench_session(onnx[1], threads), x)},
-                                              runs=runs, warmup=warmup)
-    return out
 
 
 # ------------------------------------------------------------------------------------- methods
@@ -285,13 +194,6 @@ def _loadavg() -> float | None:
 
 
 # ------------------------------------------------------------------------------------ the run
-@dataclass
-class _Variant:
-    row: Row
-    model: nn.Module
-    onnx: Path
-
-
 def _sizes(model: nn.Module) -> tuple[int, int]:
     ps = list(model.parameters())
     return sum(p.numel() for p in ps), sum(int((p != 0).sum()) for p in ps)
@@ -328,7 +230,7 @@ def _burn_in_pruners(methods: Sequence[str]) -> None:
 
 def run_benchmark(name: str, build: Callable[[], nn.Module], input_shape: Sequence[int],
                   ratios: Sequence[float] = (0.0, 0.25, 0.5, 0.75), methods: Sequence[str] = METHODS,
-                  batches: Sequence[int] = (1, 8), backends: Sequence[str] = ("torch", "ort"),
+                  batches: Sequence[int] = (1, 8), backends: Sequence[str] = BACKENDS,
                   runs: int = 20, warmup: int = 3, threads: int = 2, prune_repeats: int = 3,
                   plan_kwargs: Mapping[str, Any] | None = None, workdir: str | Path | None = None,
                   progress: Callable[[str], None] | None = None) -> BenchResult:
@@ -337,14 +239,10 @@ def run_benchmark(name: str, build: Callable[[], nn.Module], input_shape: Sequen
     ``build`` returns the dense model (called once; every variant is a copy of it). Ratio 0 is the
     dense model itself. ``progress`` is called with a short description before each step.
     """
-    from .export import export_onnx
-
     bad = [m for m in methods if m not in METHODS]
     if bad or "dense" not in methods:
         raise ValueError(f"methods must include 'dense' and come from {', '.join(METHODS)}; got {list(methods)}")
-    bad_b = [b for b in backends if b not in ("torch", "ort")]
-    if bad_b:
-        raise ValueError(f"unknown backend(s) {bad_b}; choose from torch, ort")
+    check_backends(backends)
     if any(not 0.0 <= r < 1.0 for r in ratios):
         raise ValueError(f"ratios must be in [0, 1), got {list(ratios)}")
     say = progress or (lambda _msg: None)
@@ -358,20 +256,16 @@ def run_benchmark(name: str, build: Callable[[], nn.Module], input_shape: Sequen
     _burn_in_pruners(methods)
     try:
         dense = build().eval()
-        variants: list[_Variant] = []
+        variants: dict[str, tuple[Row, nn.Module]] = {}  # by ONNX file stem: "resnet18-surgeon-0.5"
 
         def add(method: str, ratio: float, model: nn.Module, prune_s: float | None = None,
                 sparsity: float | None = None) -> Row:
-            say(f"{name}: {method} @ {ratio:g}: count + ONNX export")
+            say(f"{name}: {method} @ {ratio:g}: count")
             params, nonzero = _sizes(model)
             macs, eff = effective_macs(model, x1)
-            path = wd / f"{name}-{method}-{ratio:g}.onnx"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                export_onnx(model, x1, path)
-            row = Row(name, method, ratio, params, nonzero, macs, eff, path.stat().st_size,
-                      prune_s=prune_s, sparsity=sparsity)
-            variants.append(_Variant(row, model, path))
+            row = Row(name, method, ratio, params, nonzero, macs, eff, onnx_bytes=0, prune_s=prune_s,
+                      sparsity=sparsity)
+            variants[f"{name}-{method}-{ratio:g}"] = (row, model)
             return row
 
         dense_row = add("dense", 0.0, dense)
@@ -392,26 +286,21 @@ def run_benchmark(name: str, build: Callable[[], nn.Module], input_shape: Sequen
                 s = mask_to_match(masked, target)
                 add("mask", ratio, masked.eval(), sparsity=s)
 
-        for backend in backends:
-            for b in batches:
-                key = f"{backend}/b{b}"
-                say(f"{name}: timing {key} ({len(variants)} variants side by side, {runs} runs)")
-                xb = torch.randn(b, *tuple(input_shape)[1:])
-                if backend == "torch":
-                    fns = {str(i): torch_runner(v.model, xb) for i, v in enumerate(variants)}
-                else:
-                    fns = {str(i): ort_runner(bench_session(v.onnx, threads=threads), xb)
-                           for i, v in enumerate(variants)}
-                timings = time_side_by_side(fns, runs=runs, warmup=warmup)
-                for i, v in enumerate(variants):
-                    v.row.latency[key] = timings[str(i)]
-                del fns
-                gc.collect()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            measured = side_by_side({k: m for k, (_, m) in variants.items()}, x1,
+                                    {k: wd / f"{k}.onnx" for k in variants},
+                                    inputs=[torch.randn(b, *tuple(input_shape)[1:]) for b in batches],
+                                    backends=backends, runs=runs, warmup=warmup, threads=threads,
+                                    progress=lambda msg: say(f"{name}: {msg}"))
+        for k, (row, _) in variants.items():
+            row.onnx_bytes = measured.onnx[k].stat().st_size
+            row.latency = {key: timings[k] for key, timings in measured.latency.items()}
         meta = machine_info(threads) | {"model": name, "input_shape": list(input_shape), "runs": runs,
                                         "warmup": warmup, "prune_repeats": prune_repeats,
                                         "batches": list(batches), "ratios": list(ratios),
                                         "loadavg_start": load_start, "loadavg_end": _loadavg()}
-        return BenchResult([v.row for v in variants], meta)
+        return BenchResult([row for row, _ in variants.values()], meta)
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -22,7 +22,7 @@ from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 from .errors import TraceFailure, ValueDependentWarning
 from .record import failing_user_frame, read_attribute, user_frames, user_source
 
-__all__ = ["Traced", "trace_fx", "node_source", "node_module", "as_input_tuple", "as_example_inputs",
+__all__ = ["Traced", "trace_fx", "rerun_shapes", "node_source", "node_module", "submodule", "as_input_tuple", "as_example_inputs",
            "ExampleInputs", "eval_mode", "TRACERS"]
 
 
@@ -168,6 +168,14 @@ class Traced:
         return tuple(m.shape) if isinstance(m, TensorMetadata) else None
 
 
+def _keeps_shape(op: str, target: Any, module: nn.Module | None, args: Any, kwargs: Any) -> bool:
+    """An op whose output is its one tensor input's shape and dtype (``registry.keeps_shape``:
+    activations, dropout): on the meta device it need not run."""
+    from .registry import keeps_shape
+    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    return (len(tensors) == 1 and tensors[0] is args[0] if args else False) and keeps_shape(op, target, module)
+
+
 class _ShapeRecorder(fx.Interpreter):
     """Runs the graph and stores each node's TensorMetadata in ``node.meta["tensor_meta"]``, like
     fx's ShapeProp but quiet on failure (we raise our own error naming the inputs).
@@ -178,24 +186,52 @@ class _ShapeRecorder(fx.Interpreter):
     instead of 0.03 s). Module parameters are swapped for meta copies only for the call.
     """
 
-    def __init__(self, gm: fx.GraphModule, model: nn.Module, meta: bool = False) -> None:
+    def __init__(self, gm: fx.GraphModule, model: nn.Module, meta: bool = False,
+                 into: dict[str, Any] | None = None) -> None:
         super().__init__(gm)
         self.on_meta = meta
         self.model = model
+        self.into = into  # given: metadata goes here by node name, the graph's nodes keep theirs
 
     def run(self, *args: Any) -> Any:  # type: ignore[override]
         if self.on_meta:
             args = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
         return super().run(*args)
 
+    def fetch_attr(self, target: str) -> Any:
+        """When re-running after surgery (``into`` given), tensors come from the live model: the
+        GraphModule holds its own references to tensors read with ``get_attr`` (a layer scale's
+        ``self.gamma``), which surgery has replaced in the model. fx's own constants
+        (``_tensor_constant0``) exist only in the GraphModule."""
+        if self.into is not None:
+            obj: Any = self.model
+            try:
+                for part in target.split("."):
+                    obj = getattr(obj, part)
+                return obj
+            except AttributeError:
+                pass
+        return super().fetch_attr(target)
+
     def get_attr(self, target: Any, args: Any, kwargs: Any) -> Any:
         v = super().get_attr(target, args, kwargs)
         return v.to("meta") if self.on_meta and isinstance(v, torch.Tensor) else v
+
+    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if self.on_meta and _keeps_shape("call_function", target, None, args, kwargs):
+            return args[0]  # on meta a tensor is only its metadata: no need for a new one
+        return super().call_function(target, args, kwargs)
 
     def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
         if not self.on_meta:
             return super().call_module(target, args, kwargs)
         mod = self.fetch_attr(target)
+        if _keeps_shape("call_module", target, mod, args, kwargs):
+            return args[0]  # on meta a tensor is only its metadata: no need for a new one
+        from .registry import output_shape
+        shape = output_shape(mod, args, kwargs)
+        if shape is not None:  # a conv / linear: its spec knows the shape, no parameter copies
+            return torch.empty(shape, dtype=args[0].dtype, device="meta")
         if isinstance(mod, _BatchNorm) and type(mod).forward is _BatchNorm.forward:
             # torch's meta batch_norm is a Python decomposition (~2 ms a call); its output is the
             # input's shape, so check the per-channel tensors against the input and skip it.
@@ -205,7 +241,7 @@ class _ShapeRecorder(fx.Interpreter):
                 if isinstance(t, torch.Tensor) and (x.dim() < 2 or t.shape[0] != x.shape[1]):
                     raise RuntimeError(f"{target}.{name} has {t.shape[0]} entries but the input has "
                                        f"shape {tuple(x.shape)}")
-            return torch.empty_like(x)
+            return x
         saved = []
         try:
             for sub in mod.modules():
@@ -229,12 +265,15 @@ class _ShapeRecorder(fx.Interpreter):
             nonlocal found
             if isinstance(obj, torch.Tensor):
                 found = True
-                return _extract_tensor_metadata(obj)
+                return _extract_tensor_metadata(obj, include_contiguity=False)  # memory formats: unused, slow on meta
             return obj
 
         m = map_aggregate(result, meta)
         if found:
-            n.meta["tensor_meta"] = m
+            if self.into is not None:
+                self.into[n.name] = m
+            else:
+                n.meta["tensor_meta"] = m
         return result
 
 
@@ -242,6 +281,19 @@ def _user_frame(exc: BaseException) -> str:
     """" at file:line (code)" where the user's code failed, or ""."""
     where = failing_user_frame(exc)
     return f" at {where}" if where else ""
+
+
+def submodule(model: nn.Module, name: str) -> nn.Module:
+    """``model.get_submodule(name)`` through the ``_modules`` dicts: the same module, several times
+    faster (a plan looks modules up thousands of times); anything unusual (a missing name, a None
+    child) goes to ``get_submodule`` for its answer or its error."""
+    m: Any = model
+    try:
+        for part in name.split(".") if name else ():
+            m = m._modules[part]
+    except (KeyError, AttributeError):
+        return model.get_submodule(name)
+    return m if isinstance(m, nn.Module) else model.get_submodule(name)
 
 
 def node_source(node: fx.Node) -> str:
@@ -278,7 +330,7 @@ class RecordedGraph:
         self._model = model
 
     def get_submodule(self, target: str) -> nn.Module:
-        return self._model.get_submodule(target)
+        return submodule(self._model, target)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
@@ -338,11 +390,18 @@ def _trace_symbolic(model: nn.Module, ex: ExampleInputs, leaf_types: tuple[type,
     except Exception as e:
         raise _SymbolicTraceError(str(e)) from e
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    # Shapes on the meta device, unless a leaf is a module surgeon does not know: its forward may
-    # cache tensors (YOLO's anchors) that must never end up on the meta device.
+    _record_shapes(gm, model, ex)
+    return gm
+
+
+def _record_shapes(gm: fx.GraphModule, model: nn.Module, ex: ExampleInputs,
+                   into: dict[str, Any] | None = None) -> None:
+    """Run ``gm`` on ``ex`` and note every node's output metadata (on the nodes, or ``into``).
+    Shapes are taken on the meta device, unless a leaf is a module surgeon does not know: its
+    forward may cache tensors (YOLO's anchors) that must never end up on the meta device."""
     from .registry import lookup
     on_meta = True
-    for node in graph.nodes:
+    for node in gm.graph.nodes:
         if node.op == "call_module":
             m = gm.get_submodule(str(node.target))
             if lookup("call_module", node.target, m) is None:
@@ -351,12 +410,35 @@ def _trace_symbolic(model: nn.Module, ex: ExampleInputs, leaf_types: tuple[type,
     with torch.no_grad():
         if on_meta:
             try:
-                _ShapeRecorder(gm, model, meta=True).run(*ex.args)
-                return gm
+                _ShapeRecorder(gm, model, meta=True, into=into).run(*ex.args)
+                return
             except Exception:  # an op without a meta kernel, or data-dependent code in a leaf
-                pass
-        _ShapeRecorder(gm, model, meta=False).run(*ex.args)
-    return gm
+                if into is not None:
+                    into.clear()
+        _ShapeRecorder(gm, model, meta=False, into=into).run(*ex.args)
+
+
+def rerun_shapes(traced: Traced) -> dict[str, Any] | None:
+    """Each node's output metadata by node name, from running the *recorded* symbolic graph again
+    on the model as it is now (after surgery), or None where only a new trace is right: a concrete
+    trace (a record of one run: the pruned model may take another path) or a graph that reads
+    module int attributes (Python control flow on them was fixed when it was traced). Surgery
+    changes tensors and size attributes, never the code, so for other symbolic graphs this is what
+    a new trace would compute, without tracing again. The graph's own metadata is left alone.
+    Raises TraceFailure, as a new trace would, when the forward fails."""
+    if traced.method != "fx" or not isinstance(traced.gm, fx.GraphModule):
+        return None
+    if any("attr" in n.meta for n in traced.gm.graph.nodes):
+        return None
+    out: dict[str, Any] = {}
+    model = traced.model
+    try:
+        with eval_mode(model):
+            _record_shapes(traced.gm, model, as_example_inputs(traced.inputs), into=out)
+    except Exception as e:
+        raise TraceFailure(f"running {type(model).__name__} on the example inputs failed{_user_frame(e)}: "
+                           f"{type(e).__name__}: {e}") from e
+    return out
 
 
 def _trace_concrete(model: nn.Module, ex: ExampleInputs, leaf_types: tuple[type, ...],

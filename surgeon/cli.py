@@ -65,6 +65,25 @@ def _fraction(text: str) -> float:
     return f
 
 
+def _latency_target(text: str) -> tuple[str, float]:
+    """--target-latency: "0.5" (fraction of the dense latency) -> ("target_latency", 0.5); "12ms" or
+    "12 ms" -> ("target_latency_ms", 12.0)."""
+    t = text.strip().lower()
+    number, unit = (t[:-2].strip(), "ms") if t.endswith("ms") else (t, "")
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1] or milliseconds like 12ms, got {text!r} "
+                                         "(the only unit is ms)") from None
+    if unit == "ms":
+        if not 0.0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"a latency in ms must be positive, got {text!r}")
+        return "target_latency_ms", value
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a latency fraction must be in (0, 1] (or give ms, like 12ms), got {text!r}")
+    return "target_latency", value
+
+
 def _split(items: Sequence[str] | None) -> list[str]:
     """["fc", "a,b"] -> ["fc", "a", "b"]: repeated and comma-separated values alike."""
     return [n.strip() for item in items or () for n in item.split(",") if n.strip()]
@@ -207,7 +226,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .bench import Timing, before_after
+    from .timing import Timing, side_by_side
     from .checkpoint import save
     from .count import count, format_count
     from .plan import plan
@@ -234,9 +253,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
         for key in ("ratio", "target_macs", "target_params"):
             if getattr(args, key) is not None:
                 kwargs[key] = getattr(args, key)
-        if not any(k in kwargs for k in ("ratio", "target_macs", "target_params")):
+        if args.target_latency is not None:
+            kwargs[args.target_latency[0]] = args.target_latency[1]
+        if not any(k in kwargs for k in ("ratio", "target_macs", "target_params", *_LATENCY_KEYS)):
             kwargs["ratio"] = 0.5
-        p = plan(model, x, **kwargs)
+        p = plan(model, x, **kwargs, **_latency_settings(args, kwargs))
         bar.update()
         bar.set_description("removing channels")
         p.apply(verify=args.verify)
@@ -253,26 +274,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
         bar.update()
         onnx_bytes: dict[str, int] = {}
         files = {"checkpoint": out / "model.pt", "metadata": out / "model.json", "plan": out / "plan.txt"}
-        tmp = tempfile.TemporaryDirectory(prefix="surgeon-")  # the dense model's ONNX, for comparison only
-        tmp_dense = Path(tmp.name) / "dense.onnx"
-        if not args.no_onnx:
-            from .export import export_onnx
-
-            bar.set_description("exporting to ONNX")
-            files["onnx"] = export_onnx(model, x, out / "model.onnx")
-            onnx_bytes["after"] = files["onnx"].stat().st_size
-            if dense is not None:
-                export_onnx(dense, x, tmp_dense)
-                onnx_bytes["before"] = tmp_dense.stat().st_size
-            bar.update()
         latency: dict[str, dict[str, Timing]] = {}
-        if not args.no_latency:
-            bar.set_description(f"timing before / after ({args.runs} runs, {args.threads} threads)")
-            latency = before_after(dense, model, _example((args.batch, *resolved.input_shape[1:]), seed=1),
-                                   onnx=None if args.no_onnx else (tmp_dense, files["onnx"]), runs=args.runs,
-                                   threads=args.threads)
-            bar.update()
-        tmp.cleanup()
+        if dense is not None:  # ONNX files and / or latency, before and after side by side
+            with tempfile.TemporaryDirectory(prefix="surgeon-") as tmp:  # the dense ONNX: compared, not kept
+                onnx = None if args.no_onnx else {"after": out / "model.onnx", "before": Path(tmp) / "dense.onnx"}
+                backends = [] if args.no_latency else ["torch"] if args.no_onnx else ["torch", "ort"]
+                measured = side_by_side({"before": dense, "after": model}, x, onnx,
+                                        inputs=[_example((args.batch, *resolved.input_shape[1:]), seed=1)],
+                                        backends=backends, runs=args.runs, threads=args.threads,
+                                        progress=bar.set_description)
+                onnx_bytes = {k: f.stat().st_size for k, f in measured.onnx.items()}
+            latency = measured.latency
+            if onnx:
+                files["onnx"] = measured.onnx["after"]
+            bar.update(steps - 4)
     summary = {"model": resolved.spec, "input_shape": list(resolved.input_shape), "weights": args.weights, **kwargs,
                "params": {"before": before.params, "after": after.params},
                "macs": {"before": before.macs, "after": after.macs}, "onnx_bytes": onnx_bytes,
@@ -290,15 +305,29 @@ def cmd_prune(args: argparse.Namespace) -> int:
         rows.append(row("ONNX file", onnx_bytes["before"], onnx_bytes["after"], lambda v: f"{v / 1e6:.2f} MB"))
     for key, t in latency.items():
         rows.append(row(f"latency {key}", t["before"].median_ms, t["after"].median_ms, lambda v: f"{v:.2f} ms"))
-    how = ", ".join(f"{k.replace('_', ' ')} {kwargs[k]:g}" for k in ("ratio", "target_macs", "target_params")
-                    if k in kwargs)
+    how = ", ".join(f"{k.replace('_', ' ')} {kwargs[k]:g}" for k in ("ratio", "target_macs", "target_params",
+                                                                      *_LATENCY_KEYS) if k in kwargs)
     print(f"{resolved.spec} pruned ({how}; {args.criterion}, {args.scope} scope; {_weights_note(args)}) "
           f"in {prune_s:.2f} s")
     print(_table(rows, ["", "before", "after", "after/before"]))
+    if any(k in kwargs for k in _LATENCY_KEYS):
+        print(p.target)
     if latency:
         print(f"latency: median of {args.runs} runs, {args.threads} threads, before and after interleaved")
     print(f"wrote {', '.join(str(v) for v in files.values())}, {out / 'summary.json'}")
     return 0
+
+
+_LATENCY_KEYS = ("target_latency", "target_latency_ms")
+
+
+def _latency_settings(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The latency measurement options for plan(), when a latency target is given (kept out of
+    ``kwargs``, which model.json stores)."""
+    if not any(k in kwargs for k in _LATENCY_KEYS):
+        return {}
+    from .latency import LatencySettings
+    return {"latency": LatencySettings(threads=args.threads, progress=not args.quiet)}
 
 
 # -------------------------------------------------------------------------------------- bench
@@ -426,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the MACs, in (0, 1]")
     p.add_argument("--target-params", type=_fraction, metavar="F", help="instead of --ratio: keep this "
                    "fraction of the parameters, in (0, 1]")
+    p.add_argument("--target-latency", type=_latency_target, metavar="F|Nms",
+                   help="instead of --ratio: reach this ONNX Runtime CPU latency, a fraction of the dense model's "
+                   "(0.5) or milliseconds (12ms), measured with --threads at the input shape's batch. Channels go "
+                   "where they cost the least importance per ms saved; layer timings are cached per machine "
+                   "(~/.cache/surgeon/latency or $SURGEON_CACHE_DIR); the pruned model is measured and re-planned "
+                   "while it misses by over 10%%")
     p.add_argument("--criterion", default="l1", help="channel importance: l1 (default), l2, ... (see surgeon.CRITERIA)")
     p.add_argument("--scope", default="local", help="local (same ratio in every group, default) or global")
     p.add_argument("--ignore", action="append", metavar="NAME",

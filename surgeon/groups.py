@@ -79,17 +79,32 @@ class Group:
         return f"group {self.id}: {self.n} channels, {state}\n  params: {members}"
 
 
+def _is_range(a: np.ndarray) -> bool:
+    """a == [0, 1, ..., len(a) - 1]."""
+    return len(a) == 0 or (a[0] == 0 and a[-1] == len(a) - 1 and bool((np.diff(a) == 1).all()))
+
+
 def _channels(g: nx.DiGraph, positions: list[Pos]) -> tuple[int, dict[Pos, np.ndarray]]:
     """Resolve a component's index maps into channel ids per position."""
+    # a component is closed under edges, so each position's out-edges are the component's edges
+    edges = [(a, b, data["map"]) for a in positions for b, data in g.succ[a].items()]
+    sizes = {g.nodes[p]["size"] for p in positions}
+    if len(sizes) == 1:  # most groups (conv -> BN -> act -> conv): every map i ~ i, so channel i is index i
+        n = sizes.pop()
+        if all(m.kind == "identity" or (len(m.src) == n and _is_range(m.src) and _is_range(m.dst))
+               for _, _, m in edges):
+            channels = np.arange(n)
+            channels.flags.writeable = False
+            return n, {p: channels for p in positions}
     offset: dict[Pos, int] = {}
     total = 0
     for p in positions:
         offset[p] = total
         total += g.nodes[p]["size"]
     rows, cols = [], []
-    for a, b, data in g.subgraph(positions).edges(data=True):
-        rows.append(data["map"].src + offset[a])
-        cols.append(data["map"].dst + offset[b])
+    for a, b, m in edges:
+        rows.append(m.src + offset[a])
+        cols.append(m.dst + offset[b])
     r = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
     c = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
     adj = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(total, total))

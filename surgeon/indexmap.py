@@ -8,6 +8,7 @@ which op produced an edge.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -47,9 +48,9 @@ class IndexMap:
     # Worked example for every constructor: n = 4 channels.
     @staticmethod
     def identity(n: int) -> "IndexMap":
-        """i ~ i (elementwise ops, BN, activations, pooling): 0~0, 1~1, 2~2, 3~3."""
-        a = np.arange(n)
-        return IndexMap("identity", a, a)
+        """i ~ i (elementwise ops, BN, activations, pooling): 0~0, 1~1, 2~2, 3~3. One shared,
+        read-only map per size: most edges of a graph are identities of a few sizes."""
+        return _identity(n)
 
     @staticmethod
     def offset(n: int, off: int, kind: str = "concat") -> "IndexMap":
@@ -72,3 +73,10 @@ class IndexMap:
         """c ~ c % m: grouped conv, channel j of every group is one unit (m=2: 0~0, 1~1, 2~0, 3~1)."""
         a = np.arange(n)
         return IndexMap(f"{kind} %{m}", a, a % m)
+
+
+@functools.lru_cache(maxsize=1024)
+def _identity(n: int) -> IndexMap:
+    a = np.arange(n)
+    a.flags.writeable = False
+    return IndexMap("identity", a, a)

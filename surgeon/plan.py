@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from .cost import CostModel, Footprint, cost_model
+from .latency import LatencySettings
 from .criteria import (Criterion, accumulate_gradients, bind_criterion, check_reduction, check_side,
                        get_criterion, is_input_side, member_filter, needs_data)
 from .trace import ChannelGraph, FrozenGroupWarning, trace
@@ -26,9 +27,12 @@ from .indexmap import Pos
 from .planfile import plan_to_dict, save_plan
 from .protect import owner_name as _owner
 from .protect import protected_groups
-from .scope import SCOPES, Candidate, GroupCut, Request, TargetReport, producer_parts, select
+from .scope import DEFAULT_MAX_LAYER_RATIO, SCOPES, Candidate, GroupCut, Request, TargetReport, producer_parts, select
 from .surgery import ShapeMismatch, apply_removal, resolve_tensor
 from .capture import node_source
+
+if TYPE_CHECKING:
+    from .allocate import LatencyReport
 
 __all__ = ["Plan", "GroupCut", "Baseline", "plan", "check_request", "check_ratios"]
 
@@ -119,11 +123,12 @@ class Plan:
 
     before / after: MACs and parameters of the model now and once the plan is applied (``after``
     is predicted exactly from per-node counts, see ``surgeon.cost``). target: how a
-    ``target_macs`` / ``target_params`` request was met, else None.
+    ``target_macs`` / ``target_params`` request was met (``TargetReport``), or a latency target
+    (``LatencyReport``: predicted and measured), else None.
     """
 
     def __init__(self, graph: ChannelGraph, cuts: list[GroupCut], skipped: dict[int, str],
-                 cost: CostModel | None = None, target: TargetReport | None = None) -> None:
+                 cost: CostModel | None = None, target: "TargetReport | LatencyReport | None" = None) -> None:
         self.graph = graph
         self.cuts = cuts
         self.skipped = skipped  # group id -> why it is not cut
@@ -299,7 +304,7 @@ def _dry_run() -> None:
 
 
 def check_request(ratio: Any, scope: Any, round_to: Any, max_layer_ratio: Any, target_macs: Any,
-             target_params: Any) -> Request:
+             target_params: Any, target_latency: Any = None, target_latency_ms: Any = None) -> Request:
     """Validate the how-much arguments (before anything is traced, so bad input changes nothing)."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; choose one of {', '.join(map(repr, SCOPES))}")
@@ -309,14 +314,25 @@ def check_request(ratio: Any, scope: Any, round_to: Any, max_layer_ratio: Any, t
     if max_layer_ratio is not None:
         mlr = _check_fraction("max_layer_ratio", max_layer_ratio, True,
                               "the most a group may lose, as a fraction of its channels")
-    targets = {k: v for k, v in (("macs", target_macs), ("params", target_params)) if v is not None}
-    if len(targets) > 1:
+    targets = {k: v for k, v in (("macs", target_macs), ("params", target_params), ("latency", target_latency),
+                                 ("latency_ms", target_latency_ms)) if v is not None}
+    if set(targets) == {"macs", "params"}:
         raise ValueError("give one of target_macs and target_params, not both")
+    if len(targets) > 1:
+        raise ValueError(f"give one target, got {', '.join('target_' + k for k in targets)}")
     if targets:
         if ratio is not DEFAULT_RATIO:
             raise ValueError(f"give either ratio or a target, not both (ratio={ratio!r}, "
                              f"target_{next(iter(targets))}={next(iter(targets.values()))!r})")
         (metric, value), = targets.items()
+        if metric == "latency_ms":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ValueError(f"target_latency_ms must be a positive number of milliseconds, got {value!r}")
+            return Request(scope, 0.0, (metric, float(value)), mlr, round_to)
+        if metric == "latency":
+            frac = _check_fraction("target_latency", value, True, "the fraction of the dense model's measured "
+                                   "latency to reach; give target_latency_ms for milliseconds")
+            return Request(scope, 0.0, (metric, frac), mlr, round_to)
         frac = _check_fraction(f"target_{metric}", value, True, f"the fraction of the original {metric} kept")
         return Request(scope, 0.0, (metric, frac), mlr, round_to)
     return Request(scope, _check_ratio(ratio), None, mlr, round_to)
@@ -366,7 +382,9 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
          target_macs: float | None = None, target_params: float | None = None,
          data: Iterable[Any] | None = None, loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
          baseline: Baseline | None = None, tracer: str = "auto",
-         keep_outputs: Sequence[int] | None = None, freeze: Sequence[Any] | None = None) -> Plan:
+         keep_outputs: Sequence[int] | None = None, freeze: Sequence[Any] | None = None,
+         target_latency: float | None = None, target_latency_ms: float | None = None,
+         latency: "LatencySettings | None" = None) -> Plan:
     """Trace ``model``, score every prunable group and decide what to remove (nothing is changed).
 
     ratio: fraction of channels removed, in [0, 1): from each group (local scope) or from all
@@ -395,6 +413,13 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
         parameters to keep, in (0, 1]; the plan keeps at most that, and one step less of the
         removal order (one channel in global scope; the next common ratio in local scope; with
         round_to, round_to channels) would keep more. ``Plan.target`` reports both figures.
+    target_latency / target_latency_ms: instead of a ratio, a latency to reach: a fraction in (0, 1]
+        of the dense model's latency measured on ONNX Runtime CPU, or milliseconds. Channels are
+        allocated across groups to lose the least importance per millisecond saved (see
+        ``surgeon.allocate``; ``scope`` does not apply), predicted from a cached per-layer lookup
+        table (``surgeon.latency``), then the pruned model is measured and re-allocated while it
+        misses by more than 10%. ``Plan.target`` is a ``LatencyReport`` (predicted vs measured).
+    latency: ``surgeon.LatencySettings`` (threads, rounds, tolerance, cache refresh, ...).
     data, loss_fn: for "taylor": ``(inputs, target)`` batches (a list or a DataLoader; a few
         are enough, e.g. ``list(itertools.islice(loader, 8))``) and ``loss_fn(output, target)``.
     baseline: the original model's sizes, set by iterative pruning (``prune(..., steps=k)``).
@@ -405,7 +430,10 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    req = check_request(ratio, scope, round_to, max_layer_ratio, target_macs, target_params)
+    req = check_request(ratio, scope, round_to, max_layer_ratio, target_macs, target_params,
+                        target_latency, target_latency_ms)
+    if latency is not None and not isinstance(latency, LatencySettings):
+        raise TypeError(f"latency must be a surgeon.LatencySettings, got {type(latency).__name__}")
     fn = get_criterion(criterion)
     check_reduction(reduction)
     check_side(side)
@@ -466,7 +494,24 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
         why = "; ".join(f"group {k}: {v}" for k, v in list(skipped.items())[:5]) or "no group has parameters"
         raise NothingToPrune(f"{type(model).__name__} has nothing prunable: every group is frozen or "
                              f"ignored ({why})")
+    if req.target is not None and req.target[0] in ("latency", "latency_ms"):
+        return _latency_plan(graph, cands, skipped, cost, req, latency or LatencySettings())
     reference = baseline.footprint if baseline is not None else cost.before
     cuts, report = select(cands, req, lambda cs: cost.footprint(removed_counts(cs)), reference, tuple(retired))
     return Plan(graph, cuts, skipped, cost, report)
 
+
+
+def _latency_plan(graph: ChannelGraph, cands: list[Candidate], skipped: dict[int, str], cost: CostModel,
+                  req: Request, settings: LatencySettings) -> Plan:
+    """Measure (or read the cached) latency table, then allocate for the target (``surgeon.allocate``)."""
+    from .allocate import plan_for_latency
+    from .latency import build_latency_model
+
+    assert req.target is not None
+    lat = build_latency_model(graph, settings)
+    metric, value = req.target
+    ms = value * lat.dense_ms if metric == "latency" else value
+    mlr = DEFAULT_MAX_LAYER_RATIO if req.max_layer_ratio is None else req.max_layer_ratio
+    cuts, report = plan_for_latency(graph, cands, lat, ms, settings, mlr, req.round_to)
+    return Plan(graph, cuts, skipped, cost, report)

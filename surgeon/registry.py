@@ -22,7 +22,7 @@ from . import attention, functional, reshape, rules
 from .layers import LAYER_SPECS, LayerSpec, check_mac_kind
 from .record import attribute_int, constant_tensor
 
-__all__ = ["OpEntry", "lookup", "layer_spec", "registered_layers", "mac_kind", "register_function",
+__all__ = ["OpEntry", "lookup", "keeps_shape", "output_shape", "layer_spec", "registered_layers", "mac_kind", "register_function",
            "register_method", "register_module"]
 
 
@@ -31,12 +31,16 @@ class OpEntry:
     """rule: adds the op's couplings; None for an op surgeon only counts (its channels freeze as an
     unknown op's do). layer: set for layers with parameters. shape_only: the op only reads sizes
     (x.size(1)), so it must not fix the dims of its input. macs: how ``surgeon.count`` counts one
-    call, a key of ``layers.MAC_KINDS``; a layer's is its ``LayerSpec.macs``, else "elementwise"."""
+    call, a key of ``layers.MAC_KINDS``; a layer's is its ``LayerSpec.macs``, else "elementwise".
+    same_shape: the op's output has the shape and dtype of its one tensor input (activations,
+    dropout): shape propagation on the meta device skips running it (several of torch's meta
+    kernels for these are Python decompositions costing milliseconds a call)."""
 
     rule: Optional[Callable[..., None]]
     layer: Optional[LayerSpec] = None
     shape_only: bool = False
     macs: Optional[str] = None
+    same_shape: bool = False
 
     def __post_init__(self) -> None:
         if self.layer is not None:
@@ -59,23 +63,25 @@ _METHODS: dict[str, OpEntry] = {}
 
 
 def register_module(module_type: type, rule: Callable[..., None], layer: LayerSpec | None = None,
-                    macs: str | None = None) -> None:
+                    macs: str | None = None, same_shape: bool = False) -> None:
     """Register a module type: its channel rule and, for a layer with parameters, its ``LayerSpec``
     (size attributes, weight dims, MAC kind: everything else surgeon needs). ``macs`` (a key of
     ``layers.MAC_KINDS``) is for parameter-free modules; default: the kind the type already has,
-    else "other"."""
+    else "other". ``same_shape``: see ``OpEntry``."""
     old = _MODULES.get(module_type)
     if layer is None and macs is None:
         macs = old.macs if old is not None and old.layer is None else "other"
-    _MODULES[module_type] = OpEntry(rule, layer, macs=macs)
+    _MODULES[module_type] = OpEntry(rule, layer, macs=macs, same_shape=same_shape)
 
 
 def register_function(fn: Any, rule: Callable[..., None], shape_only: bool = False,
-                      macs: str | None = None) -> None:
+                      macs: str | None = None, same_shape: bool = False) -> None:
     """Register a function (``node.target`` of a ``call_function`` node). ``macs``: see
-    ``layers.MAC_KINDS``; default: the kind the function already has, else "elementwise"."""
+    ``layers.MAC_KINDS``; default: the kind the function already has, else "elementwise".
+    ``same_shape``: see ``OpEntry``."""
     old = _FUNCTIONS.get(fn)
-    _FUNCTIONS[fn] = OpEntry(rule, shape_only=shape_only, macs=macs or (old.macs if old is not None else None))
+    _FUNCTIONS[fn] = OpEntry(rule, shape_only=shape_only, macs=macs or (old.macs if old is not None else None),
+                             same_shape=same_shape)
 
 
 def register_method(name: str, rule: Callable[..., None], shape_only: bool = False,
@@ -116,7 +122,7 @@ for _types, _rule, _kind in [
     (_PAD_MODULES, rules.channelwise, "shape"),
 ]:
     for _t in _types:
-        register_module(_t, _rule, macs=_kind)
+        register_module(_t, _rule, macs=_kind, same_shape=_types is _ACTIVATION_MODULES or _types is _IDENTITY_MODULES)
 register_module(nn.Flatten, reshape.flatten, macs="shape")
 register_module(nn.PixelShuffle, lambda ctx: reshape.pixel_shuffle(ctx, ctx.module.upscale_factor), macs="shape")
 register_module(nn.PixelUnshuffle, lambda ctx: reshape.pixel_unshuffle(ctx, ctx.module.downscale_factor),
@@ -168,7 +174,7 @@ for _fns, _rule, _kind in [
     (_RESIZE_FUNCTIONS, rules.channelwise, "elementwise"),
 ]:
     for _f in _fns:
-        register_function(_f, _rule, macs=_kind)
+        register_function(_f, _rule, macs=_kind, same_shape=_fns is _ACTIVATION_FUNCTIONS)
 for _f, _r, _kind in [
     (F.pad, rules.pad, "shape"), (torch.flatten, reshape.flatten, "shape"), (torch.squeeze, reshape.flatten, "shape"),
     (torch.unsqueeze, reshape.flatten, "shape"), (torch.reshape, reshape.view, "shape"),
@@ -309,6 +315,24 @@ def lookup(op: str, target: Any, module: nn.Module | None = None) -> OpEntry | N
         return None
     entry = _function_entry(op, target)
     return entry if entry is not None and entry.rule is not None else None
+
+
+def keeps_shape(op: str, target: Any, module: nn.Module | None = None) -> bool:
+    """The node's output has the shape and dtype of its one tensor input (``OpEntry.same_shape``),
+    so shape propagation may skip running it; a module subclass only if it keeps its base's forward."""
+    entry = lookup(op, target, module)
+    return entry is not None and entry.same_shape
+
+
+def output_shape(module: nn.Module, args: tuple, kwargs: dict) -> tuple[int, ...] | None:
+    """The output shape of calling ``module(*args, **kwargs)``, from its ``LayerSpec.out_shape``
+    without running it; None when that is not known (no ``out_shape``, a subclass with its own
+    forward, or a call with more than one input). Raises RuntimeError for an input that does not fit."""
+    entry = lookup("call_module", None, module)
+    fn = entry.layer.out_shape if entry is not None and entry.layer is not None else None
+    if fn is None or kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
+        return None
+    return fn(module, tuple(args[0].shape))
 
 
 def mac_kind(op: str, target: Any, module: nn.Module | None = None) -> str:

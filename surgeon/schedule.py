@@ -68,13 +68,18 @@ def prune_iteratively(model: nn.Module, example_inputs: Any, ratio: float = DEFA
     fracs = fractions(steps, schedule)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable (step, model, plan) -> None, got {type(callback).__name__}")
-    target = {k: kwargs.pop(k) for k in ("target_macs", "target_params") if kwargs.get(k) is not None}
+    target = {k: kwargs.pop(k) for k in ("target_macs", "target_params", "target_latency", "target_latency_ms")
+              if kwargs.get(k) is not None}
     ratios = kwargs.pop("ratios", None)
     if "baseline" in kwargs:
         raise TypeError("baseline is set by prune_iteratively itself; do not pass it")
     # validate the final amounts now: a bad value must fail before the first step changes the model
     check_request(ratio, kwargs.get("scope", "local"), kwargs.get("round_to"), kwargs.get("max_layer_ratio"),
-             target.get("target_macs"), target.get("target_params"))
+             target.get("target_macs"), target.get("target_params"), target.get("target_latency"),
+             target.get("target_latency_ms"))
+    if steps > 1 and "target_latency_ms" in target:
+        raise ValueError("target_latency_ms needs steps=1: the steps' goals are fractions of the original "
+                         "latency, known only once measured; give target_latency (a fraction) for steps > 1")
     check_ratios(model, ratios)
     data = kwargs.get("data")
     if steps > 1 and data is not None and iter(data) is data:
@@ -82,10 +87,13 @@ def prune_iteratively(model: nn.Module, example_inputs: Any, ratio: float = DEFA
                          "so that every step can score with it")
     plans: list[Plan] = []
     baseline: Baseline | None = None
+    dense_ms: float | None = None  # the original model's latency, for latency targets after step 1
     for step, f in enumerate(fracs, 1):
         step_kwargs = dict(kwargs)
         if target:  # the kept fraction falls from 1 to the target: 1 - (1 - target) * f
             step_kwargs.update({k: 1.0 - (1.0 - v) * f for k, v in target.items()})
+            if dense_ms is not None and "target_latency" in step_kwargs:  # of the original, not this model
+                step_kwargs["target_latency_ms"] = step_kwargs.pop("target_latency") * dense_ms
         else:
             step_kwargs["ratio"] = ratio * f
         if ratios is not None:
@@ -94,6 +102,8 @@ def prune_iteratively(model: nn.Module, example_inputs: Any, ratio: float = DEFA
         if baseline is None:
             assert p.before is not None
             baseline = Baseline({pos: p.graph.size(pos) for pos in p.graph.nx.nodes if pos.kind == "p"}, p.before)
+        if dense_ms is None and "target_latency" in target:
+            dense_ms = p.target.dense_ms  # type: ignore[union-attr]
         p.apply(verify=verify)
         plans.append(p)
         if callback is not None:

@@ -17,6 +17,8 @@ targets. The criteria say *which* channels of a group are the least important; t
   normalised scores and be cut hardest).
 - ``max_layer_ratio`` caps what one part may lose (default 0.9 for global scope and targets), and
   no part ever loses all its channels.
+- Latency targets are not a removal order but an allocation (``surgeon.allocate``): it uses the
+  same units, caps and normalised scores, from here.
 - Targets (``target_macs`` / ``target_params``: fraction of the original kept) are reached by a
   binary search over the removal order: the global ranking (global scope) or the common ratio
   (local scope). Each step of that order removes one more channel, so the result keeps at most the
@@ -36,7 +38,7 @@ from .groups import Group
 from .indexmap import Pos
 
 __all__ = ["GroupCut", "Candidate", "Part", "Request", "TargetReport", "select", "producer_parts",
-           "DEFAULT_MAX_LAYER_RATIO"]
+           "choose", "Unit", "units", "unit_cap", "normalised", "local_k", "DEFAULT_MAX_LAYER_RATIO"]
 
 DEFAULT_MAX_LAYER_RATIO = 0.9
 SCOPES = ("local", "global")
@@ -120,7 +122,12 @@ def producer_parts(group: Group, producers: Sequence[Pos], sizes: Mapping[Pos, i
     ``sizes`` (iterative pruning: the original model's position sizes) gives each part its original
     count, read off a producer covering exactly that part; else the part's share of ``n0``."""
     n = group.n
-    partial = [p for p in producers if len(np.unique(group.channel_of[p])) < n]
+
+    def covers_all(ch: np.ndarray) -> bool:
+        seen = np.zeros(n, dtype=bool)
+        seen[ch] = True
+        return bool(seen.all())
+    partial = [p for p in producers if not covers_all(group.channel_of[p])]
     if not partial:
         return None
     cover = np.zeros((n, len(partial)), dtype=bool)
@@ -149,7 +156,7 @@ def _part_n0(group: Group, channels: np.ndarray, producers: list[Pos], sizes: Ma
 
 
 @dataclass
-class _Unit:
+class Unit:
     """What scope decides on: one part of a candidate (the whole group, or one producer's channels)."""
 
     cand: int
@@ -163,12 +170,12 @@ class _Unit:
         return len(self.channels)
 
 
-def _units(cands: list[Candidate]) -> list[_Unit]:
-    return [_Unit(i, p.channels, p.n0, c.scores[p.channels], c.ratio)
+def units(cands: list[Candidate]) -> list[Unit]:
+    return [Unit(i, p.channels, p.n0, c.scores[p.channels], c.ratio)
             for i, c in enumerate(cands) for p in c.all_parts()]
 
 
-def _cap(u: _Unit, mlr: float | None) -> int:
+def unit_cap(u: Unit, mlr: float | None) -> int:
     """Most channels ``u`` may lose now: at most ``mlr`` of its original channels in total, and it
     keeps at least one."""
     if mlr is None:
@@ -177,7 +184,7 @@ def _cap(u: _Unit, mlr: float | None) -> int:
     return max(0, min(u.n - 1, math.floor(mlr * u.n0 + 1e-9) - already))
 
 
-def _round(u: _Unit, k: int, round_to: int | None, cap: int) -> int:
+def _round(u: Unit, k: int, round_to: int | None, cap: int) -> int:
     """Adjust a removal count so the kept count is a multiple of ``round_to`` (nearest; at least
     round_to), within [0, cap] (n=100, k=52, round_to=8: keep 48, remove 52)."""
     n = u.n
@@ -188,7 +195,7 @@ def _round(u: _Unit, k: int, round_to: int | None, cap: int) -> int:
     return k
 
 
-def _local_k(u: _Unit, ratio: float, round_to: int | None, cap: int) -> int:
+def local_k(u: Unit, ratio: float, round_to: int | None, cap: int) -> int:
     """Channels to remove for ``ratio`` of the original n0: keep n0 - floor(ratio * n0), rounded
     (ratio 0.5, n0=100, round_to=8: keep 48), minus what earlier steps removed."""
     n0 = u.n0
@@ -205,28 +212,31 @@ def choose(group: Group, scores: np.ndarray, k: int | Sequence[int],
     must keep one, or its conv vanishes)."""
     if parts is None:
         parts, k = [np.arange(group.n)], [k]
-    remove: set[int] = set()
+    gone = np.zeros(group.n, dtype=bool)
     for channels, kp in zip(parts, k):
-        order = channels[np.argsort(scores[channels], kind="stable")]
-        remove.update(order[:kp].tolist())
+        gone[channels[np.argsort(scores[channels], kind="stable")[:kp]]] = True
+    seen: set[int] = set()
     for ch in group.channel_of.values():
-        present = set(ch.tolist())
-        if present and present <= remove:
-            remove.discard(max(present, key=lambda c: scores[c]))
-    return np.asarray(sorted(remove), dtype=np.int64)
+        if id(ch) in seen or not len(ch):  # members often share one channel array
+            continue
+        seen.add(id(ch))
+        if gone[ch].all():
+            present = np.unique(ch)
+            gone[present[np.argmax(scores[present])]] = False  # the first best, as max() picks
+    return np.flatnonzero(gone).astype(np.int64)
 
 
-def _normalised(scores: np.ndarray) -> np.ndarray:
+def normalised(scores: np.ndarray) -> np.ndarray:
     mean = float(np.mean(scores))
     return scores / mean if mean > 0 else np.zeros_like(scores)
 
 
-def _global_order(units: list[_Unit], caps: list[int]) -> list[int]:
+def _global_order(us: list[Unit], caps: list[int]) -> list[int]:
     """Unit index of each channel in global removal order (lowest normalised score first), skipping
     channels beyond their unit's cap."""
-    keys = [(s, i) for i, u in enumerate(units) for s in np.sort(_normalised(u.scores))]
+    keys = [(s, i) for i, u in enumerate(us) for s in np.sort(normalised(u.scores))]
     keys.sort(key=lambda t: t[0])  # stable: ties keep unit order
-    taken = [0] * len(units)
+    taken = [0] * len(us)
     order = []
     for _, i in keys:
         if taken[i] < caps[i]:
@@ -253,45 +263,45 @@ def select(cands: list[Candidate], req: Request,
     mlr = req.max_layer_ratio
     if mlr is None and (req.scope == "global" or req.target is not None):
         mlr = DEFAULT_MAX_LAYER_RATIO
-    units = _units(cands)
-    caps = [_cap(u, mlr) for u in units]
-    fixed = {i: _local_k(u, u.ratio, req.round_to, caps[i]) for i, u in enumerate(units) if u.ratio is not None}
-    free = [i for i in range(len(units)) if i not in fixed]
+    us = units(cands)
+    caps = [unit_cap(u, mlr) for u in us]
+    fixed = {i: local_k(u, u.ratio, req.round_to, caps[i]) for i, u in enumerate(us) if u.ratio is not None}
+    free = [i for i in range(len(us)) if i not in fixed]
 
-    owned: list[list[int]] = [[] for _ in cands]  # each candidate's units
-    for i, u in enumerate(units):
+    owned: list[list[int]] = [[] for _ in cands]  # each candidate's us
+    for i, u in enumerate(us):
         owned[u.cand].append(i)
 
     def cuts_for(free_k: dict[int, int]) -> list[GroupCut]:
         ks = {**fixed, **free_k}
         cuts = []
         for c, mine in zip(cands, owned):
-            k = [_round(units[i], ks[i], req.round_to, caps[i]) for i in mine]
-            cuts.append(GroupCut(c.group, choose(c.group, c.scores, k, [units[i].channels for i in mine]), c.scores))
+            k = [_round(us[i], ks[i], req.round_to, caps[i]) for i in mine]
+            cuts.append(GroupCut(c.group, choose(c.group, c.scores, k, [us[i].channels for i in mine]), c.scores))
         return cuts
 
     # one "state" per step of the removal order: state(j) gives each free unit its count
     if req.scope == "global":
-        order = _global_order([units[i] for i in free], [caps[i] for i in free])
+        order = _global_order([us[i] for i in free], [caps[i] for i in free])
         states = len(order) + 1
 
         def state(j: int) -> dict[int, int]:
             return dict(zip(free, _counts_at(order, j, len(free))))
     else:
         mlr_top = 1.0 if mlr is None else mlr
-        steps = sorted({j / units[i].n0 for i in free for j in range(1, units[i].n0)
-                        if j / units[i].n0 <= mlr_top + 1e-12})
+        steps = sorted({j / us[i].n0 for i in free for j in range(1, us[i].n0)
+                        if j / us[i].n0 <= mlr_top + 1e-12})
         ratios = [0.0] + steps
         states = len(ratios)
 
         def state(j: int) -> dict[int, int]:
-            return {i: _local_k(units[i], ratios[j], req.round_to, caps[i]) for i in free}
+            return {i: local_k(us[i], ratios[j], req.round_to, caps[i]) for i in free}
 
     if req.target is None:
         if req.scope == "local":
-            return cuts_for({i: _local_k(units[i], req.ratio, req.round_to, caps[i]) for i in free}), None
-        n0 = sum(units[i].n0 for i in free) + retired[0]
-        done = sum(units[i].n0 - units[i].n for i in free) + retired[0] - retired[1]
+            return cuts_for({i: local_k(us[i], req.ratio, req.round_to, caps[i]) for i in free}), None
+        n0 = sum(us[i].n0 for i in free) + retired[0]
+        done = sum(us[i].n0 - us[i].n for i in free) + retired[0] - retired[1]
         return cuts_for(state(min(states - 1, max(0, math.floor(req.ratio * n0 + 1e-9) - done)))), None
 
     assert footprint is not None and reference is not None

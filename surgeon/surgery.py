@@ -3,8 +3,10 @@ the layers' size attributes, then check the post-conditions; restore everything 
 
 Post-conditions (each one has a test proving it fires):
 1. every registered layer's attributes agree with its tensors (``LayerSpec.check``);
-2. the model still traces and runs on the example inputs, and every activation position has the
-   size the plan predicts (original size minus removed indices).
+2. the model still runs on the example inputs, and every activation position has the size the plan
+   predicts (original size minus removed indices). A symbolic graph is re-run on the pruned tensors
+   (surgery never changes the code); a concrete trace, or a graph whose Python read module int
+   attributes, is traced again.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from .graph import is_multi, iter_module_calls, layer_positions
 from .indexmap import Pos
 from .record import write_attribute
 from .registry import layer_spec
-from .capture import Traced, trace_fx
+from .capture import Traced, rerun_shapes, submodule, trace_fx
 
 if TYPE_CHECKING:
     from .trace import ChannelGraph
@@ -30,7 +32,7 @@ __all__ = ["apply_removal", "resolve_tensor", "check_layers", "Snapshot", "Shape
 
 def resolve_tensor(model: nn.Module, path: str) -> torch.Tensor:
     owner_name, _, name = path.rpartition(".")
-    owner = model.get_submodule(owner_name) if owner_name else model
+    owner = submodule(model, owner_name)
     t = getattr(owner, name)
     assert isinstance(t, torch.Tensor), f"{path} is not a tensor"
     return t
@@ -124,10 +126,13 @@ def _aligned_names(old: Any, new: Any) -> dict[str, Any]:
 
 
 def _shape_check(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs: Any) -> None:
-    """Re-trace the pruned model (running its own forward) and compare every activation's shape
-    with the prediction."""
-    new = trace_fx(graph.model, inputs, graph.traced.leaf_modules, method=graph.traced.method)
-    shapes = _aligned_names(graph.traced.gm, new.gm)
+    """Run the pruned model's own forward and compare every activation's shape with the prediction:
+    the symbolic graph re-run on the pruned tensors (``capture.rerun_shapes``), or a new trace
+    where only that is right (concrete traces, graphs reading module int attributes)."""
+    shapes = rerun_shapes(graph.traced) if graph.traced.inputs is inputs else None
+    if shapes is None:
+        new = trace_fx(graph.model, inputs, graph.traced.leaf_modules, method=graph.traced.method)
+        shapes = _aligned_names(graph.traced.gm, new.gm)
     bad: list[str] = []
     wrong: list[Pos] = []
     for pos in graph.nx.nodes:
@@ -191,7 +196,7 @@ def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs:
     called = {id(m) for m, *_ in touched_layers}
     for path, dims in cuts.items():
         owner_name = path.rpartition(".")[0]
-        owner = model.get_submodule(owner_name) if owner_name else model
+        owner = submodule(model, owner_name)
         spec = layer_spec(owner)
         if spec is not None and id(owner) not in called:
             n = graph.size(Pos("p", path, dims[0][0])) - len(dims[0][1])
@@ -201,7 +206,7 @@ def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs:
         owners[id(m)] = m
     attr_values = _attribute_updates(graph, removed)
     for (qual, _), _v in attr_values.items():
-        m = model.get_submodule(qual) if qual else model
+        m = submodule(model, qual)
         owners[id(m)] = m
     snap = Snapshot(list(owners.values()))
     try:
@@ -209,8 +214,9 @@ def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs:
             old = resolve_tensor(model, path)
             new = old.detach()
             for dim, idx in dims:
-                keep = np.setdiff1d(np.arange(new.shape[dim]), idx)
-                new = new.index_select(dim, torch.as_tensor(keep, device=new.device))
+                keep = np.ones(new.shape[dim], dtype=bool)
+                keep[idx] = False
+                new = new.index_select(dim, torch.as_tensor(np.flatnonzero(keep), device=new.device))
             if new.data_ptr() == old.data_ptr():
                 new = new.clone()  # only a dim with nothing removed: never share storage with `old`
             if isinstance(old, nn.Parameter):

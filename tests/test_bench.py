@@ -16,51 +16,12 @@ import pytest
 import torch
 
 import surgeon_models as zoo
-from surgeon.bench import (METHODS, Timing, bench_session, classifier_of, effective_macs, mask_to_match, prune_with_surgeon,
-                           prune_with_torch_pruning, run_benchmark, time_side_by_side)
+from surgeon.bench import (METHODS, classifier_of, effective_macs, mask_to_match, prune_with_surgeon,
+                           prune_with_torch_pruning, run_benchmark)
 from surgeon.bench_report import headline, load_json, merge, to_markdown, write_all
 
 ROOT = Path(__file__).resolve().parents[1]
 X = torch.randn(1, 3, 16, 16)
-
-
-def test_timing_statistics():
-    t = Timing.from_seconds([0.001, 0.002, 0.003, 0.004, 0.100])
-    assert t.median_ms == pytest.approx(3.0) and t.runs == 5
-    assert t.p10_ms <= t.median_ms <= t.p90_ms
-    with pytest.raises(ValueError, match="runs must be >= 1"):
-        Timing.from_seconds([])
-
-
-def test_side_by_side_interleaves_and_burns_in():
-    calls: list[str] = []
-    fns = {n: (lambda n=n: calls.append(n)) for n in "abc"}
-    res = time_side_by_side(fns, runs=4, warmup=2)
-    assert calls[:6] == list("aabbcc")  # burn-in first, per method
-    rounds = [calls[6 + 3 * i: 9 + 3 * i] for i in range(4)]
-    assert all(sorted(r) == list("abc") for r in rounds)  # each method once per round
-    assert len({tuple(r) for r in rounds}) > 1  # in varying orders
-    assert all(res[n].runs == 4 for n in "abc")
-    calls.clear()
-    time_side_by_side(fns, runs=4, warmup=2)
-    assert calls[6:] == sum(rounds, [])  # seeded: the same orders every time
-    with pytest.raises(ValueError, match="runs must be >= 1"):
-        time_side_by_side(fns, runs=0)
-
-
-def test_side_by_side_measures_the_slower_one_slower():
-    res = time_side_by_side({"fast": lambda: None, "slow": lambda: time.sleep(0.003)}, runs=5, warmup=0)
-    assert res["slow"].median_ms >= 2.5 > res["fast"].median_ms
-
-
-def test_bench_sessions_do_not_spin(tmp_path):
-    """Interleaved ORT sessions must not busy-wait: a spinning one steals the next one's cores."""
-    from surgeon.export import export_onnx
-
-    path = export_onnx(zoo.get("tinynet").eval(), X, tmp_path / "t.onnx")
-    sess = bench_session(path, threads=2)
-    cfg = sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
-    assert cfg == "0" and sess.get_session_options().intra_op_num_threads == 2
 
 
 def test_surgeon_and_torch_pruning_agree_on_sizes():

@@ -341,3 +341,56 @@ def test_entry_points_give_every_module_its_own_mode_back(step):
     m.bn1.eval()
     step(m)
     assert {name for name, mod in m.named_modules() if not mod.training} == {"bn1"}
+
+
+@pytest.mark.parametrize("shape", [(8, 5, 3, 3), (6, 7), (4, 1, 3, 3), (5, 3, 2, 2, 2)])
+def test_reduce_except_sums_every_other_dim(shape):
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(shape))
+    for dim in range(len(shape)):
+        others = [d for d in range(len(shape)) if d != dim]
+        want = w.detach().double().abs().sum(dim=others)
+        got = criteria.reduce_except(w, dim, torch.abs)
+        assert got.dtype == torch.float64 and torch.allclose(got, want, rtol=1e-6)
+        with criteria.shared_reductions():
+            assert torch.allclose(criteria.reduce_except(w, dim, torch.abs), want, rtol=1e-6)
+
+
+def test_shared_reductions_score_a_weight_once_for_both_of_its_groups():
+    """A conv weight is in two groups (its filters, its input kernels): one pass of fn covers both."""
+    calls = []
+
+    def counting_abs(t):
+        calls.append(tuple(t.shape))
+        return t.abs()
+
+    w = nn.Parameter(torch.randn(8, 4, 3, 3))
+    with criteria.shared_reductions():
+        out = criteria.reduce_except(w, 0, counting_abs)
+        inp = criteria.reduce_except(w, 1, counting_abs)
+    assert calls == [(8, 4, 3, 3)]
+    assert torch.allclose(out, w.detach().abs().sum((1, 2, 3)).double(), rtol=1e-6)
+    assert torch.allclose(inp, w.detach().abs().sum((0, 2, 3)).double(), rtol=1e-6)
+    with torch.no_grad():
+        w.mul_(2)  # a changed tensor (new version) is scored again
+    with criteria.shared_reductions():
+        criteria.reduce_except(w, 0, counting_abs)
+    assert len(calls) == 2
+
+
+def test_a_plan_scores_each_weight_once():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
+                      nn.Conv2d(8, 4, 1)).eval()
+    seen = []
+
+    def fn(t):
+        seen.append(tuple(t.shape))
+        return t.abs()
+
+    def l1_counting(group, tensors, reduction="mean"):
+        return criteria.reduce_members(group, criteria.member_scores(group, tensors, fn), reduction)
+
+    surgeon.plan(m, torch.randn(1, 3, 12, 12), ratio=0.5, criterion=l1_counting)
+    # conv 0 and BN (group 1), the middle conv (group 1's input kernels and group 2's filters: once),
+    # the last conv's input kernels (group 2); the last conv's filters make the output: not scored
+    assert sorted(seen) == sorted([(8, 3, 3, 3), (8,), (8, 8, 3, 3), (4, 8, 1, 1)])

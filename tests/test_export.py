@@ -9,121 +9,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from surgeon.export import (
-    OnnxExportError,
-    OnnxMismatchError,
-    compare_onnx,
-    export_onnx,
-    onnx_session,
-    run_onnx,
-)
+from surgeon.export import OnnxExportError, OnnxMismatchError, export_onnx
+from surgeon.runtime import compare_onnx, onnx_session, run_onnx
 
-# ---------------------------------------------------------------------------
-# models
-# ---------------------------------------------------------------------------
-
-
-class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.short = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(y)) + self.short(x))
-
-
-class TinyResNet(nn.Module):
-    """BN, residual add, adaptive avg pool, flatten + Linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.block1 = ResBlock(8, 8, 1)
-        self.block2 = ResBlock(8, 16, 2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block2(self.block1(self.stem(x)))
-        return self.fc(torch.flatten(self.pool(x), 1))
-
-
-class TinyUNet(nn.Module):
-    """Strided conv down, ConvTranspose2d up, skip connection through torch.cat."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = nn.Conv2d(3, 8, 3, 2, 1)
-        self.up = nn.ConvTranspose2d(8, 8, 2, 2)
-        self.head = nn.Conv2d(11, 2, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.up(torch.relu(self.down(x)))
-        return self.head(torch.cat([y, x], 1))
-
-
-class ViewNet(nn.Module):
-    """Classic ``x.view(x.size(0), -1)`` flatten, which must keep the batch symbolic."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = nn.Linear(4 * 8 * 8, 5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv(x))
-        return self.fc(x.view(x.size(0), -1))
-
-
-class TwoInTwoOut(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = nn.Linear(6, 4)
-
-    def forward(self, image: torch.Tensor, vec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled = self.conv(image).mean((2, 3))
-        return pooled + self.fc(vec), pooled
-
-
-class BakedBatch(nn.Module):
-    """Turns the batch size into a Python int, so a traced graph hard-codes it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x).view(int(x.shape[0]), -1)
-
-
-class RMSNormNet(nn.Module):
-    """RMSNorm has no TorchScript-exporter symbolic in torch 2.13, only a dynamo one."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 1)
-        self.norm = nn.RMSNorm(8)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x))
-
-
-def _inputs(model: nn.Module, batch: int) -> tuple[torch.Tensor, ...]:
-    if isinstance(model, TwoInTwoOut):
-        return torch.randn(batch, 3, 8, 8), torch.randn(batch, 6)
-    return (torch.randn(batch, 3, 8, 8),)
-
+from onnx_models import BakedBatch, RMSNormNet, TinyResNet, TinyUNet, TwoInTwoOut, ViewNet, inputs_for  # tests/
 
 MODELS = [
     pytest.param(TinyResNet, id="resnet"),
@@ -142,7 +32,7 @@ MODELS = [
 def test_round_trip_matches_torch_with_dynamic_batch(make, tmp_path: pathlib.Path) -> None:
     torch.manual_seed(0)
     model = make().train()  # export must not leave it in eval mode
-    example = _inputs(model, 1)
+    example = inputs_for(model, 1)
     out = export_onnx(model, example if len(example) > 1 else example[0], tmp_path / "m.onnx")
 
     assert out == tmp_path / "m.onnx" and out.is_file()
@@ -155,7 +45,7 @@ def test_round_trip_matches_torch_with_dynamic_batch(make, tmp_path: pathlib.Pat
     assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert all(isinstance(i.shape[0], str) for i in session.get_inputs())   # symbolic batch
     assert all(isinstance(o.shape[0], str) for o in session.get_outputs())
-    batch3 = _inputs(model, 3)
+    batch3 = inputs_for(model, 3)
     diffs = compare_onnx(model, session, batch3, rtol=1e-4, atol=1e-5)
     assert len(diffs) == len(session.get_outputs())
     assert max(diffs) < 1e-4
@@ -237,59 +127,8 @@ def test_hard_coded_batch_is_caught_by_the_dynamic_batch_check(tmp_path: pathlib
 
 
 # ---------------------------------------------------------------------------
-# mismatch detection
+# bad input
 # ---------------------------------------------------------------------------
-
-
-def test_compare_onnx_reports_changed_weights(tmp_path: pathlib.Path) -> None:
-    model, x = TinyResNet().eval(), torch.randn(2, 3, 8, 8)
-    path = export_onnx(model, x, tmp_path / "m.onnx")
-    assert max(compare_onnx(model, path, x)) < 1e-4
-    with torch.no_grad():
-        model.fc.weight.add_(0.5)  # the file still holds the old weights
-    with pytest.raises(OnnxMismatchError, match=r"output 0 .*max abs difference .*atol=1e-05 \+ rtol=0.0001 x max\|output\|"):
-        compare_onnx(model, path, x, rtol=1e-4, atol=1e-5)
-
-
-def test_compare_onnx_names_the_failing_output(tmp_path: pathlib.Path) -> None:
-    model = TwoInTwoOut()
-    x = _inputs(model, 1)
-    path = export_onnx(model, x, tmp_path / "m.onnx")
-    with torch.no_grad():
-        model.fc.bias.add_(1.0)  # only output 0 depends on fc
-    with pytest.raises(OnnxMismatchError, match=r"output 0 .*max abs difference 1"):
-        compare_onnx(model, path, x)
-
-
-def test_compare_onnx_uses_the_given_tolerance(tmp_path: pathlib.Path) -> None:
-    model, x = ViewNet(), torch.randn(1, 3, 8, 8)
-    path = export_onnx(model, x, tmp_path / "m.onnx")
-    with torch.no_grad():
-        model.fc.bias.add_(1e-3)
-    assert max(compare_onnx(model, path, x, rtol=0, atol=1e-2)) == pytest.approx(1e-3, rel=0.05)
-    with pytest.raises(OnnxMismatchError, match="atol=0.0001"):
-        compare_onnx(model, path, x, rtol=0, atol=1e-4)
-
-
-# ---------------------------------------------------------------------------
-# helpers and bad input
-# ---------------------------------------------------------------------------
-
-
-def test_onnx_session_threads_and_run_onnx_inputs(tmp_path: pathlib.Path) -> None:
-    model, x = TwoInTwoOut(), _inputs(TwoInTwoOut(), 2)
-    path = export_onnx(model, x, tmp_path / "m.onnx")
-    session = onnx_session(path, threads=1)
-    assert session.get_session_options().intra_op_num_threads == 1
-    positional = run_onnx(session, x)
-    named = run_onnx(session, {"input_0": x[0].numpy(), "input_1": x[1]})
-    assert all(np.array_equal(a, b) for a, b in zip(positional, named))
-    with pytest.raises(ValueError, match=r"takes 2 input\(s\)"):
-        run_onnx(session, x[0])
-    with pytest.raises(FileNotFoundError, match="ONNX file not found"):
-        onnx_session(tmp_path / "missing.onnx")
-    with pytest.raises(ValueError, match="threads"):
-        onnx_session(path, threads=0)
 
 
 @pytest.mark.parametrize(

@@ -60,13 +60,13 @@ def test_model_inputs_and_outputs_are_expected_and_silent():
     assert graph.warnings == []
 
 
-@pytest.mark.parametrize("model, op", [
-    (Cumsum(), r"unsupported op torch\.cumsum at .*test_groups\.py:\d+"),
-    (ChannelMean(), r"reduced over by \.mean at .*test_groups\.py:\d+"),
+@pytest.mark.parametrize("make, op", [
+    pytest.param(Cumsum, r"unsupported op torch\.cumsum at .*test_groups\.py:\d+", id="cumsum"),
+    pytest.param(ChannelMean, r"reduced over by \.mean at .*test_groups\.py:\d+", id="channel-mean"),
 ])
-def test_other_fixes_warn_naming_the_op_and_the_line(model, op):
+def test_other_fixes_warn_naming_the_op_and_the_line(make, op):
     with pytest.warns(surgeon.FrozenGroupWarning, match=op):
-        graph = surgeon.trace(model, X)
+        graph = surgeon.trace(make(), X)
     frozen = next(g for g in graph.groups if any(p.ref == "a.weight" and p.dim == 0 for p in g.params))
     assert not frozen.prunable and frozen.unexpected_fixes
     assert not any(f.expected for f in frozen.unexpected_fixes)

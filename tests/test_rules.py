@@ -3,6 +3,7 @@ checks the grouping that op must produce and the surgical equivalence of a prune
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import pytest
 import torch
@@ -245,17 +246,25 @@ class Unknown(nn.Module):
 X = torch.randn(2, 3, 8, 8)
 
 
-@pytest.mark.parametrize("model, channels", [
-    (Chain(), {"a.0.weight": 8}), (Depthwise(), {"a.0.weight": 8}), (Depthwise(mult=2), {"a.0.weight": 8}),
-    (Grouped(), {"a.0.weight": 4, "g.weight": 4}), (Transposed(), {"a.0.weight": 8, "up.weight:0": 8, "up.weight:1": 6}),
-    (FlattenLinear(), {"a.0.weight": 8, "fc1.weight": 16}), (FlattenLinear("view"), {"a.0.weight": 8}),
-    (Residual(), {"a.0.weight": 8}), (Residual("fn"), {"a.0.weight": 8}), (Residual("method"), {"a.0.weight": 8}),
-    (Residual("sub"), {"a.0.weight": 8}), (Residual("mul"), {"a.0.weight": 8}), (Residual("div"), {"a.0.weight": 8}),
-    (Concat(), {"a.0.weight": 10}), (Chunk(), {"a.0.weight": 4}), (SE(), {"a.0.weight": 8, "fc1.weight": 4}),
-    (NormsAct(), {"a.weight": 4, "b.weight": 8}), (Shared(), {"a.0.weight": 8, "shared.weight": 8}),
-    (LayerScale(), {"a.0.weight": 8}),
-], ids=lambda v: type(v).__name__ + getattr(v, "how", "") + getattr(v, "kind", "") if isinstance(v, nn.Module) else "")
-def test_rule_groups_and_equivalence(model, channels, check):
+@pytest.mark.parametrize("make, channels", [
+    pytest.param(Chain, {"a.0.weight": 8}, id="chain"),
+    pytest.param(Depthwise, {"a.0.weight": 8}, id="depthwise"),
+    pytest.param(partial(Depthwise, mult=2), {"a.0.weight": 8}, id="depthwise-mult2"),
+    pytest.param(Grouped, {"a.0.weight": 4, "g.weight": 4}, id="grouped"),
+    pytest.param(Transposed, {"a.0.weight": 8, "up.weight:0": 8, "up.weight:1": 6}, id="transposed"),
+    pytest.param(FlattenLinear, {"a.0.weight": 8, "fc1.weight": 16}, id="flatten-linear"),
+    pytest.param(partial(FlattenLinear, "view"), {"a.0.weight": 8}, id="view-linear"),
+    *(pytest.param(partial(Residual, kind), {"a.0.weight": 8}, id=f"residual-{kind}")
+      for kind in ("op", "fn", "method", "sub", "mul", "div")),
+    pytest.param(Concat, {"a.0.weight": 10}, id="concat"),
+    pytest.param(Chunk, {"a.0.weight": 4}, id="chunk"),
+    pytest.param(SE, {"a.0.weight": 8, "fc1.weight": 4}, id="se"),
+    pytest.param(NormsAct, {"a.weight": 4, "b.weight": 8}, id="norms-act"),
+    pytest.param(Shared, {"a.0.weight": 8, "shared.weight": 8}, id="shared"),
+    pytest.param(LayerScale, {"a.0.weight": 8}, id="layer-scale"),
+])
+def test_rule_groups_and_equivalence(make, channels, check):
+    model = make()  # built per test: check() prunes it in place
     graph = surgeon.trace(model, X)
     by_param = {f"{p.ref}:{p.dim}": g for g in graph.groups for p in g.params}
     for ref, n in channels.items():
@@ -310,13 +319,15 @@ def test_concat_offsets(check):
     assert r["c"]["in"] == sorted(r.get("a.0", none)["out"] + [6 + c for c in r.get("b.0", none)["out"]])
 
 
-@pytest.mark.parametrize("model, op", [
-    (FlattenLinear("hard"), "hard-coded size 32"), (Split(), "hard-coded split sizes"),
-    (ChannelMean(), "reduced over by .mean"), (Unknown(), "unsupported op torch.cumsum"),
+@pytest.mark.parametrize("make, op", [
+    pytest.param(partial(FlattenLinear, "hard"), "hard-coded size 32", id="hard-coded-view"),
+    pytest.param(Split, "hard-coded split sizes", id="split"),
+    pytest.param(ChannelMean, "reduced over by .mean", id="channel-mean"),
+    pytest.param(Unknown, "unsupported op torch.cumsum", id="unknown-op"),
 ])
-def test_frozen_with_warning_naming_the_op(model, op):
+def test_frozen_with_warning_naming_the_op(make, op):
     with pytest.warns(FrozenGroupWarning, match=op):
-        graph = surgeon.trace(model, X)
+        graph = surgeon.trace(make(), X)
     frozen = [g for g in graph.groups if not g.prunable and op in g.frozen_reason()]
     assert frozen, graph.summary()
 

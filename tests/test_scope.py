@@ -1,9 +1,10 @@
 """Scope and targets: global ranking with normalisation and max_layer_ratio, per-module ratios,
 concatenations cut per producer (SqueezeNet / GoogLeNet branches), MACs / params targets met within
-one channel step, the analytic MACs / params prediction, and every criterion x scope through the
-surgical-equivalence oracle on the zoo."""
+one channel step, the analytic MACs / params prediction, every criterion x scope choosing by its
+scores on the zoo, and every model x scope through the surgical-equivalence oracle."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 import numpy as np
@@ -15,10 +16,12 @@ import surgeon
 import surgeon_models as zoo
 from surgeon import Pos
 from surgeon.count import count
+from surgeon.criteria import is_input_side
 from surgeon.scope import producer_parts
 from surgeon.verify import assert_equivalent, zeroed_reference
 
 import patterns as P  # noqa: E402
+from conftest import changed_entries, snapshot
 
 X = torch.randn(2, 3, 8, 8)
 
@@ -288,28 +291,160 @@ def test_target_of_one_removes_nothing():
 
 
 # --------------------------------------------------------------------- criterion x scope on the zoo
+# What depends on the criterion (its scores and the channels they choose) is checked for every
+# criterion x scope x model on one traced graph per model; surgery and the equivalence oracle, which
+# only see the chosen channels, run once per model x scope, with the criteria taking turns.
 CRITERIA = ["l1", "l2", "fpgm", "bn_scale", "taylor", "random"]
+SCOPES = ["local", "global"]
+ZOO = ["tinynet", "densenet", "se_resnet", "unet", "resnet56", "mobilenet_v2", "convnext"]
 SMALL = {"mobilenet_v2": ((1, 3, 64, 64), {"num_classes": 10, "width_mult": 0.5}),
          "unet": ((1, 3, 32, 32), {}), "convnext": ((1, 3, 32, 32), {})}
+RATIO = 0.4
 
 
 def zoo_case(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """The same weights and input on every call."""
     shape, kw = SMALL.get(name, (zoo.input_shape(name), {}))
     torch.manual_seed(0)
     return zoo.randomize_bn(zoo.get(name, **kw), seed=1).eval(), torch.randn(2, *shape[1:])
 
 
-def run(name: str, criterion: str, scope: str, **kw) -> None:
-    model, x = zoo_case(name)
+def criterion_kw(criterion: str, x: torch.Tensor) -> dict:
     if criterion == "taylor":
-        kw.update(data=[(x, None)], loss_fn=lambda out, _: out.square().mean())
-    if criterion == "bn_scale" and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return {"data": [(x, None)], "loss_fn": lambda out, _: out.square().mean()}
+    return {}
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def traced():
+    """name -> (model, input, graph): each zoo model built and traced once for this module, shared
+    by the plans, which must leave it as it was (checked at the end)."""
+    cache: dict[str, tuple[nn.Module, torch.Tensor, surgeon.ChannelGraph]] = {}
+    before: dict[str, dict[str, torch.Tensor]] = {}
+
+    def get(name: str):
+        if name not in cache:
+            model, x = zoo_case(name)
+            before[name] = snapshot(model)
+            cache[name] = (model, x, surgeon.trace(model, x))
+        return cache[name]
+    yield get
+    changed = {name: changed_entries(model, before[name]) for name, (model, _, _) in cache.items()}
+    assert not any(changed.values()), f"planning changed the shared models: {changed}"
+
+
+@pytest.fixture(scope="module")
+def l1_counts(traced):
+    """(name, scope) -> {group id: channels removed} of the l1 plan, made once."""
+    cache: dict[tuple[str, str], dict[int, int]] = {}
+
+    def get(name: str, scope: str) -> dict[int, int]:
+        if (name, scope) not in cache:
+            cache[name, scope] = counts(plan_on_graph(traced(name), scope=scope))
+        return cache[name, scope]
+    return get
+
+
+def plan_on_graph(case, **kw) -> surgeon.Plan:
+    """surgeon.plan on the model, reusing its traced graph instead of tracing it again."""
+    model, x, graph = case
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(importlib.import_module("surgeon.plan"), "trace", lambda *a, **k: graph)
+        plan = surgeon.plan(model, x, RATIO, **kw)
+    assert plan.graph is graph, "surgeon.plan traced again: update plan_on_graph"
+    return plan
+
+
+def counts(plan: surgeon.Plan) -> dict[int, int]:
+    return {c.group.id: len(c.remove) for c in plan.cuts}
+
+
+def lowest_scored_removed(model: nn.Module, cut) -> bool:
+    """Each producer's removed channels score no higher than its kept ones (the criterion chose them)."""
+    g = cut.group
+    parts = producer_parts(g, [p for p in g.params if not is_input_side(model, p)])
+    removed = np.isin(np.arange(g.n), cut.remove)
+    for channels in [p.channels for p in parts] if parts else [np.arange(g.n)]:
+        r, k = channels[removed[channels]], channels[~removed[channels]]
+        if len(r) and len(k) and cut.scores[r].max() > cut.scores[k].min():
+            return False
+    return True
+
+
+def test_a_choice_against_the_scores_is_seen(traced):
+    """lowest_scored_removed fires when the highest-scored channels are removed instead."""
+    model, _, _ = case = traced("tinynet")
+    cut = next(c for c in plan_on_graph(case).cuts if len(c.remove))
+    worst = np.sort(np.argsort(cut.scores, kind="stable")[-len(cut.remove):])
+    assert lowest_scored_removed(model, cut)
+    assert not lowest_scored_removed(model, dataclasses.replace(cut, remove=worst))
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("name", ZOO)
+def test_every_criterion_and_scope_chooses_by_its_scores(traced, l1_counts, name, criterion, scope):
+    """One finite score per channel; each producer loses its lowest-scored channels; how many go does
+    not depend on the criterion (per group in local scope, in all in global scope); the plan shrinks
+    the model. A criterion that cannot score any group (bn_scale without BatchNorm) says so."""
+    model, x, _ = case = traced(name)
+    kw = criterion_kw(criterion, x)
+    if criterion == "bn_scale" and not has_batch_norm(model):
         with pytest.raises(surgeon.NothingToPrune, match="criterion bn_scale cannot score it"):
-            surgeon.plan(model, x, 0.4, criterion=criterion, scope=scope, **kw)
+            plan_on_graph(case, criterion=criterion, scope=scope)
         return
-    plan = surgeon.plan(model, x, 0.4, criterion=criterion, scope=scope, **kw)
+    plan = plan_on_graph(case, criterion=criterion, scope=scope, **kw)
+    assert plan.removed(), "the plan removes nothing"
+    assert plan.after.params < plan.before.params and plan.after.macs < plan.before.macs
+    for cut in plan.cuts:
+        assert cut.scores.shape == (cut.group.n,) and np.isfinite(cut.scores).all()
+        assert lowest_scored_removed(model, cut), f"group {cut.group.id} ({cut.group.layers[:3]})"
+    l1 = l1_counts(name, scope)
+    if scope == "local":
+        assert counts(plan).items() <= l1.items()  # bn_scale skips the groups without BatchNorm
+    elif criterion != "bn_scale":
+        assert sum(counts(plan).values()) == sum(l1.values())
+
+
+@pytest.mark.parametrize("side", ["in", "out"])
+@pytest.mark.parametrize("name", ["densenet", "mobilenet_v2"])
+def test_input_and_output_side_scores_choose_by_their_scores(traced, name, side):
+    """side= changes only the scores (whole input channels, or filters and norm scales)."""
+    model, x, _ = case = traced(name)
+    plan = plan_on_graph(case, scope="global", side=side)
+    assert plan.removed() and plan.removed() != plan_on_graph(case, scope="global").removed()
+    assert all(lowest_scored_removed(model, cut) for cut in plan.cuts)
+
+
+# (model, scope) -> (criterion, plan options): every criterion and both sides reach surgery at least
+# once; the l1 / local default is test_equivalence.py's.
+SURGERY = {
+    ("tinynet", "local"): ("l2", {}), ("tinynet", "global"): ("fpgm", {}),
+    ("densenet", "local"): ("taylor", {}), ("densenet", "global"): ("l1", {"side": "in"}),
+    ("se_resnet", "local"): ("bn_scale", {}), ("se_resnet", "global"): ("random", {}),
+    ("unet", "local"): ("fpgm", {}), ("unet", "global"): ("taylor", {}),
+    ("resnet56", "local"): ("random", {}), ("resnet56", "global"): ("bn_scale", {}),
+    ("mobilenet_v2", "local"): ("l1", {"side": "out"}), ("mobilenet_v2", "global"): ("l1", {"side": "in"}),
+    ("convnext", "local"): ("l2", {}), ("convnext", "global"): ("random", {}),
+}
+
+
+@pytest.mark.parametrize("name, scope, criterion, kw", [
+    pytest.param(name, scope, criterion, kw, id="-".join([name, scope, criterion, *kw.values()]))
+    for (name, scope), (criterion, kw) in SURGERY.items()])
+def test_every_scope_is_surgically_exact_on_the_zoo(traced, name, scope, criterion, kw):
+    """Plan (traced afresh) on a copy of the model, apply, and compare with the zeroed reference
+    (LayerNorm over channels: shapes only); the plan is the one the criterion tests made on the
+    shared graph, and the predicted parameter count is exact."""
+    model, x = zoo_case(name)
+    kw = {**kw, **criterion_kw(criterion, x)}
+    plan = surgeon.plan(model, x, RATIO, criterion=criterion, scope=scope, **kw)
     removed = plan.removed()
-    assert removed, "the plan removes nothing"
+    assert removed == plan_on_graph(traced(name), criterion=criterion, scope=scope, **kw).removed()
     out_shape = model(x).shape
     reference = None if zoo.entry(name).mixing_norm else zeroed_reference(model, removed)
     plan.apply()
@@ -318,24 +453,3 @@ def run(name: str, criterion: str, scope: str, **kw) -> None:
         assert model(x).shape == out_shape
     else:
         assert_equivalent(reference, model, x)
-
-
-@pytest.mark.parametrize("scope", ["local", "global"])
-@pytest.mark.parametrize("criterion", CRITERIA)
-@pytest.mark.parametrize("name", ["tinynet", "densenet", "se_resnet", "unet"])
-def test_every_criterion_and_scope_is_surgically_exact(name, criterion, scope):
-    run(name, criterion, scope)
-
-
-@pytest.mark.parametrize("criterion", CRITERIA)
-@pytest.mark.parametrize("name", ["resnet56", "mobilenet_v2", "convnext"])
-def test_every_criterion_on_larger_models(name, criterion):
-    """One scope per (model, criterion), alternating, to keep the run short."""
-    scope = ["local", "global"][(CRITERIA.index(criterion) + len(name)) % 2]
-    run(name, criterion, scope)
-
-
-@pytest.mark.parametrize("side", ["in", "out"])
-@pytest.mark.parametrize("name", ["densenet", "mobilenet_v2"])
-def test_input_channel_scoring_is_surgically_exact(name, side):
-    run(name, "l1", "global", side=side)

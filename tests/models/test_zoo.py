@@ -22,6 +22,7 @@ EXPECTED_OUT: dict[str, tuple[int, ...]] = {
     "vgg16_bn": (1, 1000),
     "mobilenet_v2": (1, 1000),
     "densenet": (1, 10),
+    "densenet121": (1, 1000),
     "se_resnet": (1, 10),
     "convnext": (1, 10),
     "unet": (1, 2, 64, 64),

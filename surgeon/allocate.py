@@ -1,0 +1,273 @@
+"""Latency targets: how many channels each group loses so that the model meets a latency, keeping
+as much importance as possible.
+
+A MACs target can follow one removal order (``scope``), because every channel's MACs are known up
+front. A channel's *time* is not: a conv's latency depends on both its input and its output counts,
+so what removing a channel of one group saves depends on how far its neighbours were already cut,
+and runtimes are not linear in the counts (kernels work in blocks of channels). So the allocation
+is greedy: each step removes, from one unit (a group, or one producer's part of a concatenation, see
+``scope.Part``), its ``step`` least important channels, choosing the unit whose step loses the
+least importance per millisecond saved. Scores are normalised per unit by their mean, as in global
+scope, so units compare. Keys live in a heap; when a step is taken, the units that share a latency
+term with it (its layers' other channel groups) get their keys re-computed and pushed again, and
+stale heap entries are skipped (lazy deletion by version). Each unit stays within
+``max_layer_ratio`` and keeps at least one step of channels; ``ratios`` overrides are cut first.
+
+The prediction is only a model: ``plan_for_latency`` measures the pruned model (on a copy), and
+while it misses the target by more than the tolerance, corrects the goal by target / measured and
+allocates again (``LatencySettings.rounds`` plans at most), keeping the closest.
+"""
+from __future__ import annotations
+
+import copy
+import heapq
+import math
+from collections import ChainMap
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import numpy as np
+
+from .indexmap import Pos
+from .latency import Calibration, LatencyModel, LatencySettings, MultipleProbe
+from .scope import Candidate, GroupCut, choose, local_k, normalised, unit_cap, units
+
+if TYPE_CHECKING:
+    from .plan import Plan
+    from .trace import ChannelGraph
+
+__all__ = ["LatencyRound", "LatencyReport", "allocate", "plan_for_latency", "importance_kept"]
+
+
+@dataclass(frozen=True)
+class LatencyRound:
+    """One allocation and its check: goal given to the allocator, its prediction, and the pruned /
+    dense latency measured side by side (None when not measured)."""
+
+    goal_ms: float
+    predicted_ms: float
+    measured_ms: Optional[float] = None
+    measured_dense_ms: Optional[float] = None
+
+    @property
+    def measured_fraction(self) -> Optional[float]:
+        if self.measured_ms is None or not self.measured_dense_ms:
+            return None
+        return self.measured_ms / self.measured_dense_ms
+
+
+@dataclass
+class LatencyReport:
+    """How a latency target was met. ``requested_fraction`` is the target as a fraction of the
+    dense model's measured latency ``dense_ms`` (a ms target is converted with it); the pruned model
+    is judged by the fraction measured side by side with the dense one, which cancels a slower or
+    faster machine at measuring time. ``one_step_less_ms``: the prediction one allocation step earlier."""
+
+    requested_ms: float
+    requested_fraction: float
+    dense_ms: float
+    predicted_ms: float
+    one_step_less_ms: float
+    step: int
+    calibration: Optional[Calibration]
+    probe: MultipleProbe
+    rounds: list[LatencyRound] = field(default_factory=list)
+    chosen: int = 0  # index into rounds of the plan kept
+
+    @property
+    def predicted_fraction(self) -> float:
+        return self.predicted_ms / self.dense_ms
+
+    @property
+    def measured_fraction(self) -> Optional[float]:
+        return self.rounds[self.chosen].measured_fraction if self.rounds else None
+
+    def __str__(self) -> str:
+        lines = [f"target_latency={self.requested_fraction:.3g} of {self.dense_ms:.2f} ms "
+                 f"({self.requested_ms:.2f} ms): predicted {self.predicted_ms:.2f} ms "
+                 f"({self.predicted_fraction:.1%}; one step less {self.one_step_less_ms:.2f} ms)"]
+        m = self.measured_fraction
+        if m is not None:
+            r = self.rounds[self.chosen]
+            lines.append(f"  measured {r.measured_ms:.2f} ms vs dense {r.measured_dense_ms:.2f} ms side by side: "
+                         f"{m:.1%} ({m / self.requested_fraction - 1:+.1%} off target; "
+                         f"{len(self.rounds)} round(s), goals {', '.join(f'{x.goal_ms:.2f}' for x in self.rounds)} ms)")
+        if self.calibration is not None:
+            lines.append(f"  calibration: {self.calibration}")
+        lines.append(f"  channel step: {self.probe}")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- allocation
+class _Alloc:
+    """State of one greedy allocation (see the module docstring)."""
+
+    def __init__(self, cands: list[Candidate], lat: LatencyModel, mlr: float, step: int) -> None:
+        self.cands, self.lat, self.step = cands, lat, step
+        self.units = units(cands)
+        self.caps = [unit_cap(u, mlr) for u in self.units]
+        self.order, self.cost, self.prefix = [], [], []
+        for u in self.units:
+            norm = normalised(u.scores)
+            o = np.argsort(norm, kind="stable")
+            self.order.append(u.channels[o])
+            self.cost.append(np.concatenate([[0.0], np.cumsum(norm[o])]))
+            group = cands[u.cand].group
+            pre: dict[Pos, np.ndarray] = {}
+            for p, ch in group.channel_of.items():  # indices per channel, along each timed position
+                if p in lat.by_pos:
+                    per = np.bincount(ch, minlength=group.n)[u.channels[o]]
+                    pre[p] = np.concatenate([[0], np.cumsum(per)])
+            self.prefix.append(pre)
+        self.terms = [sorted({t for p in pre for t in self.lat.by_pos[p]}) for pre in self.prefix]
+        sharing: dict[tuple[str, int], list[int]] = {}
+        for i, ts in enumerate(self.terms):
+            for t in ts:
+                sharing.setdefault(t, []).append(i)
+        self.neighbours = [sorted({j for t in ts for j in sharing[t]}) for ts in self.terms]
+        self.k = [0] * len(self.units)
+        self.removed: dict[Pos, int] = {}
+
+    def set_k(self, i: int, k: int) -> None:
+        for p, v in self._removed_with(i, k).items():
+            self.removed[p] = v
+        self.k[i] = k
+
+    def _removed_with(self, i: int, k: int) -> dict[Pos, int]:
+        """Removed counts of unit i's positions if it lost its k least important channels."""
+        return {p: self.removed.get(p, 0) + int(pre[k] - pre[self.k[i]]) for p, pre in self.prefix[i].items()}
+
+    def next_k(self, i: int) -> Optional[int]:
+        """Removal count after unit i's next step: down to the next multiple of ``step`` below its
+        kept count (n=100, step 16: keep 96, then 80, ...), never under one step (a group narrower than
+        the step goes one channel at a time), never past its cap."""
+        u, m = self.units[i], self.step
+        kept = u.n - self.k[i]
+        if m > 1 and u.n >= m:
+            if kept <= m:
+                return None
+            new_kept = (kept - 1) // m * m
+        else:
+            new_kept = kept - 1
+        k2 = u.n - new_kept
+        return k2 if new_kept >= 1 and k2 <= self.caps[i] else None
+
+    def saving(self, i: int, k2: int) -> float:
+        trial = ChainMap(self._removed_with(i, k2), self.removed)
+        return sum(self.lat.term_ms(t, self.removed) - self.lat.term_ms(t, trial) for t in self.terms[i])
+
+    def key(self, i: int) -> Optional[tuple[float, int]]:
+        k2 = self.next_k(i)
+        if k2 is None:
+            return None
+        saved = self.saving(i, k2)
+        if saved <= 1e-12:
+            return None  # saves nothing now; re-examined when a neighbour changes
+        return (self.cost[i][k2] - self.cost[i][self.k[i]]) / saved, k2
+
+    def cuts(self) -> list[GroupCut]:
+        owned: list[list[int]] = [[] for _ in self.cands]
+        for i, u in enumerate(self.units):
+            owned[u.cand].append(i)
+        return [GroupCut(c.group, choose(c.group, c.scores, [self.k[i] for i in mine],
+                                         [self.units[i].channels for i in mine]), c.scores)
+                for c, mine in zip(self.cands, owned)]
+
+
+def allocate(cands: list[Candidate], lat: LatencyModel, goal_ms: float, max_layer_ratio: float,
+             step: int = 1, round_to: Optional[int] = None) -> tuple[list[GroupCut], float, float]:
+    """Cuts whose predicted latency is at most ``goal_ms``: (cuts, predicted ms, predicted ms one
+    step earlier). Raises ValueError when even every allowed step cannot reach the goal."""
+    a = _Alloc(cands, lat, max_layer_ratio, step)
+    for i, u in enumerate(a.units):  # per-module ratio overrides are cut first, locally
+        if u.ratio is not None:
+            a.set_k(i, local_k(u, u.ratio, round_to, a.caps[i]))
+    total = lat.predict(a.removed)
+    before = total
+    version = [0] * len(a.units)
+    heap: list[tuple[float, int, int, int]] = []
+
+    def push(i: int) -> None:
+        version[i] += 1
+        if a.units[i].ratio is None:
+            found = a.key(i)
+            if found is not None:
+                heapq.heappush(heap, (found[0], i, version[i], found[1]))
+
+    for i in range(len(a.units)):
+        push(i)
+    while total > goal_ms and heap:
+        _, i, v, k2 = heapq.heappop(heap)
+        if v != version[i]:
+            continue  # stale: a neighbour changed since this key was computed
+        saved = a.saving(i, k2)
+        before = total
+        a.set_k(i, k2)
+        total -= saved
+        for j in a.neighbours[i]:
+            push(j)
+    cuts = a.cuts()
+    from .plan import removed_counts
+    predicted = lat.predict(removed_counts(cuts))
+    if predicted > goal_ms * (1 + 1e-9) and not heap:
+        raise ValueError(f"the latency target is out of reach: removing every channel allowed leaves "
+                         f"{predicted:.2f} ms predicted of {lat.predict({}):.2f} ms, goal {goal_ms:.2f} ms "
+                         f"(max_layer_ratio={max_layer_ratio}, channel step {step}, and frozen or ignored "
+                         "groups cost what they cost); raise the target or max_layer_ratio")
+    return cuts, predicted, before
+
+
+def importance_kept(cuts: Sequence[GroupCut]) -> float:
+    """Fraction of the total importance kept: every group's scores normalised by their mean (as
+    global scope and the allocation do), summed over kept channels, over the sum for all channels."""
+    kept = total = 0.0
+    for c in cuts:
+        norm = normalised(np.asarray(c.scores, dtype=np.float64))
+        total += float(norm.sum())
+        kept += float(norm.sum() - norm[np.asarray(c.remove, dtype=np.int64)].sum())
+    return kept / total if total else 1.0
+
+
+# --------------------------------------------------------------------------- measure and correct
+def pruned_copy(graph: "ChannelGraph", cuts: list[GroupCut]):
+    """A pruned deep copy of ``graph.model`` (the original is not touched)."""
+    from .plan import Plan
+    trial: "Plan" = copy.deepcopy(Plan(graph, cuts, {}))
+    return trial.apply()
+
+
+def plan_for_latency(graph: "ChannelGraph", cands: list[Candidate], lat: LatencyModel, requested_ms: float,
+                     settings: LatencySettings, max_layer_ratio: float,
+                     round_to: Optional[int] = None) -> tuple[list[GroupCut], LatencyReport]:
+    """Allocate for ``requested_ms``; then measure and re-allocate as the module docstring says."""
+    from .latency import time_models_onnx
+    step = round_to or lat.probe.multiple
+    dense = lat.dense_ms
+    want = requested_ms / dense
+    report = LatencyReport(requested_ms, want, dense, 0.0, 0.0, step, lat.calibration, lat.probe)
+    timer = settings.time_models or (lambda ms, x, th: time_models_onnx(ms, x, th, settings.runs))
+    goal, best, best_err = requested_ms, None, math.inf
+    for r in range(max(1, settings.rounds)):
+        try:
+            cuts, predicted, less = allocate(cands, lat, goal, max_layer_ratio, step, round_to)
+        except ValueError:
+            if best is None:
+                raise
+            break  # a corrected goal out of reach: keep the closest plan so far
+        rnd = LatencyRound(goal, predicted)
+        if settings.check:
+            d, p = timer([graph.model, pruned_copy(graph, cuts)], graph.traced.inputs, settings.threads)
+            rnd = LatencyRound(goal, predicted, float(p), float(d))
+        report.rounds.append(rnd)
+        got = rnd.measured_fraction
+        err = abs(got / want - 1) if got is not None else 0.0
+        if err < best_err:
+            best, best_err, report.chosen = (cuts, predicted, less), err, r
+        if got is None or err <= settings.tolerance:
+            break
+        # the model was off by got / (predicted / dense): correct, by at most a factor 1.5 either way,
+        # so one measurement disturbed by a busy machine cannot throw the next plan far off
+        goal = min(dense, goal * min(1.5, max(1 / 1.5, want / got)))
+    assert best is not None
+    cuts, report.predicted_ms, report.one_step_less_ms = best
+    return cuts, report

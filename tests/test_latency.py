@@ -1,0 +1,244 @@
+"""Latency targets: the lookup table's cache, the allocation against a synthetic latency model, bad
+input, and an end-to-end plan checked by the surgical-equivalence oracle. No timing here: every
+measurement is a fake whose numbers are known (speed targets live in benchmarks/latency.py)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import surgeon
+from surgeon.latency import LatencySettings, grid
+from surgeon.lut import FORMAT, CacheKey, LatencyTable, Sample, Signature
+
+torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------------------------- fake timings
+def fake_ms(sig: Signature, cin: int, cout: int) -> float:
+    """A synthetic layer latency: 1 ms per 1e6 multiply-accumulates (depthwise: c, not c*c)."""
+    spatial = math.prod(sig.spatial) if sig.spatial else 1
+    per = math.prod(sig.kernel) if sig.kernel else 1
+    work = (cout if sig.depthwise else cin * cout) * per * spatial * sig.batch
+    return work / 1e6
+
+
+class CountingMeasure:
+    """measure_layers that records how many samples it was asked to time."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.samples = 0
+
+    def __call__(self, samples, threads):
+        self.calls += 1
+        self.samples += len(samples)
+        return [fake_ms(s.sig, s.cin, s.cout) for s in samples]
+
+
+def fake_model_ms(model: nn.Module, x: torch.Tensor) -> float:
+    """The whole model under ``fake_ms``: the sum over its convs and linears at their real shapes,
+    so a latency model built on ``fake_ms`` predicts it exactly."""
+    from surgeon.latency import layer_signature
+    total = []
+
+    def hook(m, inputs, out):
+        found = layer_signature(m, inputs[0].shape)
+        assert found is not None, f"fake timing cannot time {m}"
+        total.append(fake_ms(*found))
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hs:
+        h.remove()
+    return sum(total)
+
+
+def fake_time_models(models, inputs, threads):
+    return [fake_model_ms(m, inputs) for m in models]
+
+
+class Net(nn.Module):
+    """Residual add, depthwise conv, flatten + Linear: groups whose latency depends on neighbours."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.a = nn.Sequential(nn.Conv2d(32, 48, 1), nn.BatchNorm2d(48), nn.ReLU(),
+                               nn.Conv2d(48, 48, 3, padding=1, groups=48), nn.ReLU(), nn.Conv2d(48, 32, 1))
+        self.b = nn.Sequential(nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(64 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.a(x))
+        return self.fc(torch.flatten(self.b(x), 1))
+
+
+X = torch.randn(1, 3, 8, 8)
+
+
+def settings(tmp_path, **kw) -> LatencySettings:
+    kw.setdefault("measure_layers", CountingMeasure())
+    kw.setdefault("time_models", fake_time_models)
+    kw.setdefault("multiple", 1)
+    return LatencySettings(cache_dir=tmp_path, progress=False, **kw)
+
+
+# --------------------------------------------------------------------------------------- cache
+SIG = Signature("Conv", (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), False, (8, 8), 1, True)
+
+
+def key(**changes) -> CacheKey:
+    base = dict(cpu="cpu", cores=2, runtime="onnxruntime", version="1.0", threads=2, batch=1,
+                input_shape=(1, 3, 8, 8))
+    base.update(changes)
+    return CacheKey(**base)
+
+
+def test_cache_same_key_measures_nothing(tmp_path):
+    """A second table with the same key reads every sample from disk."""
+    m1 = CountingMeasure()
+    LatencyTable(key(), m1, tmp_path, progress=False).ensure([Sample(SIG, 16, 16), Sample(SIG, 16, 32)])
+    assert m1.samples == 2
+    m2 = CountingMeasure()
+    t = LatencyTable(key(), m2, tmp_path, progress=False)
+    t.ensure([Sample(SIG, 16, 16), Sample(SIG, 16, 32)])
+    assert (m2.calls, m2.samples) == (0, 0)
+    assert t[Sample(SIG, 16, 32)] == pytest.approx(fake_ms(SIG, 16, 32))
+
+
+@pytest.mark.parametrize("change", [{"threads": 1}, {"batch": 4, "input_shape": (4, 3, 8, 8)},
+                                    {"version": "2.0"}, {"cpu": "other"}, {"cores": 8}])
+def test_cache_other_key_measures_again(tmp_path, change):
+    """Any change of the key (threads, batch, runtime version, machine) re-measures."""
+    LatencyTable(key(), CountingMeasure(), tmp_path, progress=False).ensure([Sample(SIG, 16, 16)])
+    m = CountingMeasure()
+    LatencyTable(key(**change), m, tmp_path, progress=False).ensure([Sample(SIG, 16, 16)])
+    assert m.samples == 1
+
+
+def test_cache_refresh_and_format(tmp_path):
+    """refresh=True re-measures; a file of another format version is ignored."""
+    t = LatencyTable(key(), CountingMeasure(), tmp_path, progress=False)
+    t.ensure([Sample(SIG, 16, 16)])
+    m = CountingMeasure()
+    LatencyTable(key(), m, tmp_path, refresh=True, progress=False).ensure([Sample(SIG, 16, 16)])
+    assert m.samples == 1
+    data = json.loads(t.path.read_text())
+    assert data["format"] == FORMAT and data["key"]["threads"] == 2
+    data["format"] = FORMAT + 1
+    t.path.write_text(json.dumps(data))
+    m = CountingMeasure()
+    LatencyTable(key(), m, tmp_path, progress=False).ensure([Sample(SIG, 16, 16)])
+    assert m.samples == 1
+
+
+def test_grid_is_aligned():
+    assert grid(256) == [32, 64, 128, 192, 256]
+    assert grid(24)[-1] == 24 and all(1 <= c <= 24 for c in grid(24))
+
+
+# ---------------------------------------------------------------------------------- allocation
+@pytest.mark.parametrize("target", [0.7, 0.5, 0.3])
+def test_allocation_meets_synthetic_latency(tmp_path, target):
+    """Under a fake latency that is the exact sum of its layers, the plan's prediction is the
+    pruned model's latency, at most the target, and one step less would miss it."""
+    model = Net().eval()
+    dense = fake_model_ms(model, X)
+    p = surgeon.plan(model, X, target_latency=target, latency=settings(tmp_path, check=False))
+    rep = p.target
+    assert isinstance(rep, surgeon.LatencyReport)
+    assert rep.dense_ms == pytest.approx(dense)
+    assert rep.predicted_ms <= target * dense + 1e-9 < rep.one_step_less_ms
+    assert rep.calibration.layer_scale == pytest.approx(1.0)
+    p.apply(verify=True)
+    assert fake_model_ms(model, X) == pytest.approx(rep.predicted_ms, rel=1e-6)
+
+
+def test_allocation_respects_caps_and_steps(tmp_path):
+    """max_layer_ratio bounds every group; a step of 16 keeps widths multiples of 16; a
+    conv's saving depends on both its counts (the 2-D table)."""
+    model = Net().eval()
+    p = surgeon.plan(model, X, target_latency=0.4, max_layer_ratio=0.75,
+                     latency=settings(tmp_path, check=False, multiple=16))
+    for cut in p.cuts:
+        assert len(cut.remove) <= 0.75 * cut.group.n
+        if cut.group.n >= 16 and len(cut.remove):
+            assert cut.kept % 16 == 0, (cut.group.layers, cut.kept)
+    assert p.target.step == 16
+
+
+def test_allocation_out_of_reach(tmp_path):
+    with pytest.raises(ValueError, match="out of reach"):
+        surgeon.plan(Net().eval(), X, target_latency=0.01, max_layer_ratio=0.5,
+                     latency=settings(tmp_path, check=False))
+
+
+def test_measured_miss_corrects_the_goal(tmp_path):
+    """When the measured model is slower than predicted, the goal is lowered and re-allocated
+    until measured latency is within tolerance; the report keeps every round."""
+    def slow(models, inputs, threads):  # pruned models run 20% slower than their layers say
+        t = [fake_model_ms(m, inputs) for m in models]
+        return [t[0]] + [v * 1.2 for v in t[1:]]
+    model = Net().eval()
+    p = surgeon.plan(model, X, target_latency=0.5, latency=settings(tmp_path, time_models=slow))
+    rep = p.target
+    assert len(rep.rounds) >= 2 and rep.rounds[1].goal_ms < rep.rounds[0].goal_ms
+    assert abs(rep.measured_fraction / 0.5 - 1) <= 0.1
+    assert "measured" in p.summary()
+    p.apply(verify=True)
+
+
+def test_cache_is_reused_by_plans(tmp_path):
+    """A second plan of the same model measures no layer."""
+    surgeon.plan(Net().eval(), X, target_latency=0.5, latency=settings(tmp_path, check=False))
+    m = CountingMeasure()
+    surgeon.plan(Net().eval(), X, target_latency=0.5, latency=settings(tmp_path, check=False, measure_layers=m))
+    assert m.samples == 0
+
+
+# ----------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("kwargs, match", [
+    ({"target_latency": -0.5}, r"target_latency must be a number in \(0, 1\]"),
+    ({"target_latency": 1.5}, r"target_latency must be a number in \(0, 1\]"),
+    ({"target_latency": 0.0}, r"target_latency must be a number in \(0, 1\]"),
+    ({"target_latency_ms": -3}, "target_latency_ms must be a positive number of milliseconds"),
+    ({"target_latency_ms": True}, "target_latency_ms must be a positive number"),
+    ({"target_latency": 0.5, "ratio": 0.3}, "either ratio or a target"),
+    ({"target_latency": 0.5, "target_macs": 0.3}, "give one target"),
+    ({"target_latency": 0.5, "target_latency_ms": 3.0}, "give one target"),
+])
+def test_bad_latency_targets(kwargs, match):
+    model = Net()
+    with pytest.raises(ValueError, match=match):
+        surgeon.plan(model, X, **kwargs)
+
+
+def test_bad_settings_type():
+    with pytest.raises(TypeError, match="LatencySettings"):
+        surgeon.plan(Net(), X, target_latency=0.5, latency={"threads": 2})
+
+
+def test_prune_with_latency_ms(tmp_path):
+    """surgeon.prune passes target_latency_ms through; the result is verified."""
+    model = Net().eval()
+    goal = 0.6 * fake_model_ms(model, X)
+    surgeon.prune(model, X, target_latency_ms=goal, latency=settings(tmp_path), verify=True)
+    assert fake_model_ms(model, X) <= goal * 1.1
+
+
+def test_iterative_latency_steps(tmp_path):
+    """steps=2: the second step's goal is a fraction of the *original* latency."""
+    model = Net().eval()
+    dense = fake_model_ms(model, X)
+    plans = surgeon.prune_iteratively(model, X, target_latency=0.4, steps=2,
+                                      latency=settings(tmp_path, check=False), verify=True)
+    assert plans[0].target.requested_ms == pytest.approx(0.7 * dense)
+    assert plans[1].target.requested_ms == pytest.approx(0.4 * dense)
+    assert fake_model_ms(model, X) <= 0.4 * dense + 1e-9
+    with pytest.raises(ValueError, match="target_latency_ms needs steps=1"):
+        surgeon.prune_iteratively(Net(), X, target_latency_ms=1.0, steps=2)

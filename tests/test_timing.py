@@ -1,0 +1,96 @@
+"""Tests for surgeon.timing: side-by-side timing statistics, and the export-then-time flow that the
+demo, ``surgeon prune`` and the benchmark share. Timings are never asserted against each other
+(the machine is noisy), except for a 3 ms sleep against nothing."""
+from __future__ import annotations
+
+import copy
+import time
+
+import pytest
+import torch
+
+import surgeon
+import surgeon.runtime
+import surgeon_models as zoo
+from surgeon.timing import Timing, side_by_side, time_side_by_side
+
+X = torch.randn(1, 3, 16, 16)
+
+
+def test_timing_statistics():
+    t = Timing.from_seconds([0.001, 0.002, 0.003, 0.004, 0.100])
+    assert t.median_ms == pytest.approx(3.0) and t.runs == 5
+    assert t.p10_ms <= t.median_ms <= t.p90_ms
+    with pytest.raises(ValueError, match="runs must be >= 1"):
+        Timing.from_seconds([])
+
+
+def test_side_by_side_interleaves_and_burns_in():
+    calls: list[str] = []
+    fns = {n: (lambda n=n: calls.append(n)) for n in "abc"}
+    res = time_side_by_side(fns, runs=4, warmup=2)
+    assert calls[:6] == list("aabbcc")  # burn-in first, per method
+    rounds = [calls[6 + 3 * i: 9 + 3 * i] for i in range(4)]
+    assert all(sorted(r) == list("abc") for r in rounds)  # each method once per round
+    assert len({tuple(r) for r in rounds}) > 1  # in varying orders
+    assert all(res[n].runs == 4 for n in "abc")
+    calls.clear()
+    time_side_by_side(fns, runs=4, warmup=2)
+    assert calls[6:] == sum(rounds, [])  # seeded: the same orders every time
+    with pytest.raises(ValueError, match="runs must be >= 1"):
+        time_side_by_side(fns, runs=0)
+
+
+def test_side_by_side_measures_the_slower_one_slower():
+    res = time_side_by_side({"fast": lambda: None, "slow": lambda: time.sleep(0.003)}, runs=5, warmup=0)
+    assert res["slow"].median_ms >= 2.5 > res["fast"].median_ms
+
+
+@pytest.fixture
+def dense_and_pruned() -> dict[str, torch.nn.Module]:
+    """tinynet and a copy with half its channels removed."""
+    dense = zoo.get("tinynet").eval()
+    pruned = copy.deepcopy(dense)
+    surgeon.prune(pruned, X, 0.5)
+    return {"dense": dense, "pruned": pruned}
+
+
+def test_side_by_side_exports_and_times_in_non_spinning_sessions(dense_and_pruned, tmp_path, monkeypatch):
+    made = []
+    real = surgeon.runtime.onnx_session
+
+    def recorded(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(surgeon.runtime, "onnx_session", recorded)
+    paths = {"dense": tmp_path / "d.onnx", "pruned": tmp_path / "sub" / "p.onnx"}
+    said: list[str] = []
+    res = side_by_side(dense_and_pruned, X, paths, inputs=[X, torch.randn(4, 3, 16, 16)], runs=2, warmup=0,
+                       threads=2, progress=said.append)
+    assert res.onnx == paths and all(p.is_file() for p in paths.values())
+    assert paths["pruned"].stat().st_size < paths["dense"].stat().st_size
+    assert list(res.latency) == ["torch/b1", "torch/b4", "ort/b1", "ort/b4"]
+    assert all(list(t) == ["dense", "pruned"] and all(v.runs == 2 for v in t.values()) for t in res.latency.values())
+    assert len(made) == 4  # a fresh session per model and batch
+    for sess in made:
+        opts = sess.get_session_options()
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert opts.intra_op_num_threads == 2
+    assert said[:2] == ["ONNX export: dense", "ONNX export: pruned"] and len(said) == 6
+
+
+def test_side_by_side_times_torch_alone_without_files(dense_and_pruned):
+    res = side_by_side(dense_and_pruned, X, backends=["torch"], runs=1, warmup=0)
+    assert res.onnx == {} and list(res.latency) == ["torch/b1"]
+    assert set(res.latency["torch/b1"]) == {"dense", "pruned"}
+
+
+@pytest.mark.parametrize(("onnx", "backends", "match"), [
+    pytest.param(None, ["ort"], r"needs an ONNX path for every model; \['dense', 'pruned'\] have none", id="ort-no-files"),
+    pytest.param({"other": "o.onnx"}, ["torch"], r"\['other'\], which are not among the models", id="unknown-name"),
+    pytest.param(None, ["tvm"], r"unknown backend\(s\) \['tvm'\]; choose from torch, ort", id="unknown-backend"),
+])
+def test_side_by_side_rejects_bad_arguments(dense_and_pruned, onnx, backends, match):
+    with pytest.raises(ValueError, match=match):
+        side_by_side(dense_and_pruned, X, onnx, backends=backends)
