@@ -22,8 +22,8 @@ from .groups import Group
 from .indexmap import IndexMap, Pos
 from .latency import LatencySettings
 from .mask import mask, remove_masks, sparsity
-from .plan import GroupCut, Plan, plan
-from .planfile import PlanMismatch, load_plan
+from .plan import GroupCut, Plan, load_plan, plan
+from .planfile import PlanMismatch
 from .regularize import bn_l1_penalty, bn_l1_subgradient_
 from .schedule import prune, prune_iteratively
 from .scope import TargetReport

@@ -19,21 +19,20 @@ allocates again (``LatencySettings.rounds`` plans at most), keeping the closest.
 """
 from __future__ import annotations
 
-import copy
 import heapq
 import math
 from collections import ChainMap
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import numpy as np
+from torch import nn
 
 from .indexmap import Pos
 from .latency import Calibration, LatencyModel, LatencySettings, MultipleProbe
-from .scope import Candidate, GroupCut, choose, local_k, normalised, unit_cap, units
+from .scope import Candidate, GroupCut, choose, local_k, normalised, removed_counts, unit_cap, units
 
 if TYPE_CHECKING:
-    from .plan import Plan
     from .trace import ChannelGraph
 
 __all__ = ["LatencyRound", "LatencyReport", "allocate", "plan_for_latency", "importance_kept"]
@@ -207,7 +206,6 @@ def allocate(cands: list[Candidate], lat: LatencyModel, goal_ms: float, max_laye
         for j in a.neighbours[i]:
             push(j)
     cuts = a.cuts()
-    from .plan import removed_counts
     predicted = lat.predict(removed_counts(cuts))
     if predicted > goal_ms * (1 + 1e-9) and not heap:
         raise ValueError(f"the latency target is out of reach: removing every channel allowed leaves "
@@ -229,17 +227,13 @@ def importance_kept(cuts: Sequence[GroupCut]) -> float:
 
 
 # --------------------------------------------------------------------------- measure and correct
-def pruned_copy(graph: "ChannelGraph", cuts: list[GroupCut]):
-    """A pruned deep copy of ``graph.model`` (the original is not touched)."""
-    from .plan import Plan
-    trial: "Plan" = copy.deepcopy(Plan(graph, cuts, {}))
-    return trial.apply()
-
-
 def plan_for_latency(graph: "ChannelGraph", cands: list[Candidate], lat: LatencyModel, requested_ms: float,
                      settings: LatencySettings, max_layer_ratio: float,
-                     round_to: Optional[int] = None) -> tuple[list[GroupCut], LatencyReport]:
-    """Allocate for ``requested_ms``; then measure and re-allocate as the module docstring says."""
+                     round_to: Optional[int] = None,
+                     pruned: Optional[Callable[[list[GroupCut]], nn.Module]] = None
+                     ) -> tuple[list[GroupCut], LatencyReport]:
+    """Allocate for ``requested_ms``; then measure and re-allocate as the module docstring says.
+    ``pruned(cuts)``: a pruned copy of the model (the planner passes one; the original stays)."""
     from .latency import time_models_onnx
     step = round_to or lat.probe.multiple
     dense = lat.dense_ms
@@ -255,8 +249,8 @@ def plan_for_latency(graph: "ChannelGraph", cands: list[Candidate], lat: Latency
                 raise
             break  # a corrected goal out of reach: keep the closest plan so far
         rnd = LatencyRound(goal, predicted)
-        if settings.check:
-            d, p = timer([graph.model, pruned_copy(graph, cuts)], graph.traced.inputs, settings.threads)
+        if settings.check and pruned is not None:
+            d, p = timer([graph.model, pruned(cuts)], graph.traced.inputs, settings.threads)
             rnd = LatencyRound(goal, predicted, float(p), float(d))
         report.rounds.append(rnd)
         got = rnd.measured_fraction

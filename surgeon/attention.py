@@ -22,7 +22,7 @@ from .indexmap import IndexMap
 from .args import call_arg
 
 if TYPE_CHECKING:
-    from .graph import RuleContext
+    from .context import RuleContext
 
 __all__ = ["sdpa", "matmul", "MHA_SPEC", "HEAD_COUNT_ATTRS", "HEAD_WIDTH_ATTRS"]
 

@@ -23,7 +23,7 @@ from .layers import couple_conv
 from .args import call_arg, int_value
 
 if TYPE_CHECKING:
-    from .graph import RuleContext
+    from .context import RuleContext
 
 __all__ = ["conv", "linear", "batch_norm", "group_norm", "embedding"]
 

@@ -16,7 +16,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .graph import Fixed
+from .context import Fixed
 from .indexmap import Pos
 
 __all__ = ["Group", "find_groups"]

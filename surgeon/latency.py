@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
@@ -351,8 +352,13 @@ def probe_multiple(model: LatencyModel, table: LatencyTable) -> MultipleProbe:
 
 
 # --------------------------------------------------------------------------------- whole models
-def time_models_onnx(models: Sequence[nn.Module], inputs: Any, threads: int, runs: int = 20) -> list[float]:
-    """Median ms of each model in ONNX Runtime (exported to a temporary folder), side by side."""
+def time_models_onnx(models: Sequence[nn.Module], inputs: Any, threads: int, runs: int = 20,
+                     min_seconds: float = 1.5) -> list[float]:
+    """Median ms of each model in ONNX Runtime (exported to a temporary folder), side by side, over
+    at least ``runs`` rounds and at least ``min_seconds`` of the first model's time (capped at 400
+    rounds): 20 runs of an 11 ms MobileNetV2 last 0.2 s, short enough for one burst of another
+    process on a shared machine to move the median by 10% (measured: 0.43 vs 0.50 of dense for the
+    same plan, timed twice)."""
     from .export import export_onnx
     from .runtime import onnx_session
     from .timing import ort_runner, time_side_by_side
@@ -363,6 +369,12 @@ def time_models_onnx(models: Sequence[nn.Module], inputs: Any, threads: int, run
         for i, m in enumerate(models):
             path = export_onnx(m, inputs, Path(tmp) / f"m{i}.onnx", check=False)
             fns[i] = ort_runner(onnx_session(path, threads=threads), x)
+        first = fns[0]
+        first()  # warm, then time one call to size the run
+        t0 = time.perf_counter()
+        first()
+        one = time.perf_counter() - t0
+        runs = min(400, max(runs, math.ceil(min_seconds / max(one, 1e-4))))
         t = time_side_by_side(fns, runs=runs, warmup=3)
     return [t[i].median_ms for i in range(len(models))]
 

@@ -22,7 +22,7 @@ from torch import nn
 from .indexmap import IndexMap, Pos
 
 if TYPE_CHECKING:
-    from .graph import RuleContext
+    from .context import RuleContext
 
 __all__ = ["LayerSpec", "LAYER_SPECS", "MAC_KINDS", "check_mac_kind", "couple_conv"]
 

@@ -7,6 +7,7 @@ prediction in ``cost`` and iterative pruning in ``schedule``.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -24,17 +25,17 @@ from .errors import NothingToPrune, SurgeryError, TraceFailure
 from .graph import iter_module_calls, layer_positions
 from .groups import Group
 from .indexmap import Pos
-from .planfile import plan_to_dict, save_plan
+from .planfile import cuts_from_dict, plan_to_dict, read_plan, save_plan
 from .protect import owner_name as _owner
 from .protect import protected_groups
-from .scope import DEFAULT_MAX_LAYER_RATIO, SCOPES, Candidate, GroupCut, Request, TargetReport, producer_parts, select
+from .scope import removed_counts, DEFAULT_MAX_LAYER_RATIO, SCOPES, Candidate, GroupCut, Request, TargetReport, producer_parts, select
 from .surgery import ShapeMismatch, apply_removal, resolve_tensor
 from .capture import node_source
 
 if TYPE_CHECKING:
     from .allocate import LatencyReport
 
-__all__ = ["Plan", "GroupCut", "Baseline", "plan", "check_request", "check_ratios"]
+__all__ = ["Plan", "GroupCut", "Baseline", "plan", "load_plan", "check_request", "check_ratios"]
 
 
 class _DefaultRatio(float):
@@ -89,16 +90,6 @@ def _module_names(model: nn.Module, items: Iterable[Any], arg: str) -> list[str]
         else:
             raise TypeError(f"{arg} entries must be modules or qualified names, got {type(item).__name__}")
     return names
-
-
-def removed_counts(cuts: list[GroupCut]) -> dict[Pos, int]:
-    """How many indices each position loses."""
-    out: dict[Pos, int] = {}
-    for cut in cuts:
-        if len(cut.remove):
-            for p, idx in cut.group.removed_indices(cut.remove).items():
-                out[p] = len(idx)
-    return out
 
 
 def _functional_cut(model: nn.Module, owner: str, pos: dict[Pos, np.ndarray]) -> dict[str, list[int]]:
@@ -501,6 +492,17 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     return Plan(graph, cuts, skipped, cost, report)
 
 
+def load_plan(model: nn.Module, example_inputs: Any, source: Any, **trace_kwargs: Any) -> Plan:
+    """Trace ``model`` and rebuild a stored plan for it (nothing is changed until ``apply()``).
+
+    ``source``: a path written by ``Plan.save`` or the dict of ``Plan.to_dict()`` (see
+    ``surgeon.planfile``). ``trace_kwargs`` go to ``surgeon.trace`` (``leaf_modules``, ``tracer``,
+    ``keep_outputs``). Raises PlanMismatch naming the tensor when the plan was made for another model."""
+    data = read_plan(source)
+    graph = trace(model, example_inputs, **trace_kwargs)
+    cuts, skipped = cuts_from_dict(graph, data)
+    return Plan(graph, cuts, skipped, cost_model(graph))
+
 
 def _latency_plan(graph: ChannelGraph, cands: list[Candidate], skipped: dict[int, str], cost: CostModel,
                   req: Request, settings: LatencySettings) -> Plan:
@@ -513,5 +515,6 @@ def _latency_plan(graph: ChannelGraph, cands: list[Candidate], skipped: dict[int
     metric, value = req.target
     ms = value * lat.dense_ms if metric == "latency" else value
     mlr = DEFAULT_MAX_LAYER_RATIO if req.max_layer_ratio is None else req.max_layer_ratio
-    cuts, report = plan_for_latency(graph, cands, lat, ms, settings, mlr, req.round_to)
+    cuts, report = plan_for_latency(graph, cands, lat, ms, settings, mlr, req.round_to,
+                                    pruned=lambda cs: copy.deepcopy(Plan(graph, cs, {})).apply())
     return Plan(graph, cuts, skipped, cost, report)

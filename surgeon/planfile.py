@@ -20,14 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Union
 
 import numpy as np
-from torch import nn
 
 from .indexmap import Pos
 
+from .scope import GroupCut
+
 if TYPE_CHECKING:
     from .plan import Plan
+    from .trace import ChannelGraph
 
-__all__ = ["FORMAT", "PlanMismatch", "plan_to_dict", "save_plan", "load_plan", "trace_options"]
+__all__ = ["FORMAT", "PlanMismatch", "plan_to_dict", "save_plan", "read_plan", "cuts_from_dict", "trace_options"]
 
 FORMAT = "surgeon-plan-v1"
 # The options of ``surgeon.plan`` that change the trace: ``load_plan`` must trace with the same ones.
@@ -65,7 +67,9 @@ def save_plan(plan: "Plan", path: Union[str, os.PathLike]) -> Path:
     return path
 
 
-def _read(source: Union[str, os.PathLike, Mapping[str, Any]]) -> dict[str, Any]:
+def read_plan(source: Union[str, os.PathLike, Mapping[str, Any]]) -> dict[str, Any]:
+    """A stored plan: a path written by ``Plan.save`` or the dict of ``Plan.to_dict()``, checked to
+    be one (PlanMismatch otherwise)."""
     if isinstance(source, Mapping):
         data = dict(source)
     else:
@@ -81,20 +85,11 @@ def _read(source: Union[str, os.PathLike, Mapping[str, Any]]) -> dict[str, Any]:
     return data
 
 
-def load_plan(model: nn.Module, example_inputs: Any, source: Union[str, os.PathLike, Mapping[str, Any]],
-              **trace_kwargs: Any) -> "Plan":
-    """Trace ``model`` and rebuild the stored plan for it (nothing is changed until ``apply()``).
-
-    ``source``: a path written by ``Plan.save`` or the dict of ``Plan.to_dict()``. ``trace_kwargs``
-    go to ``surgeon.trace`` (``leaf_modules``, ``tracer``, ``keep_outputs``). Raises PlanMismatch
-    naming the tensor when the plan was made for another model."""
-    from .cost import cost_model
-    from .trace import trace
-    from .plan import Plan
-    from .scope import GroupCut
-
-    data = _read(source)
-    graph = trace(model, example_inputs, **trace_kwargs)
+def cuts_from_dict(graph: "ChannelGraph", data: Mapping[str, Any]) -> tuple[list[GroupCut], dict[int, str]]:
+    """The cuts a stored plan (``read_plan``) makes in ``graph`` (the target model's trace), and the
+    groups it leaves whole with why. Raises PlanMismatch naming the tensor when the plan was made
+    for another model. ``surgeon.load_plan`` (plan.py) traces, calls this and builds the Plan."""
+    model = graph.model
     where: dict[Pos, Any] = {p: g for g in graph.groups for p in g.params}
     cuts: list[GroupCut] = []
     seen: set[int] = set()
@@ -140,4 +135,4 @@ def load_plan(model: nn.Module, example_inputs: Any, source: Union[str, os.PathL
         cuts.append(GroupCut(g, channels, np.zeros(g.n)))
     skipped = {g.id: g.frozen_reason() or "not cut by the loaded plan"
                for g in graph.groups if g.id not in seen and g.n > 1}
-    return Plan(graph, cuts, skipped, cost_model(graph))
+    return cuts, skipped

@@ -19,7 +19,7 @@ from .args import SizeOf, call_arg, shown, size_kind
 from .indexmap import IndexMap
 
 if TYPE_CHECKING:
-    from .graph import RuleContext
+    from .context import RuleContext
 
 __all__ = ["flatten", "view", "reshape", "reshape_as", "expand", "chunk", "split", "unbind", "stack",
            "pixel_shuffle", "pixel_unshuffle", "channel_shuffle"]

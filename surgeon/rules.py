@@ -18,7 +18,7 @@ from .args import call_arg, int_value
 from .indexmap import IndexMap
 
 if TYPE_CHECKING:
-    from .graph import RuleContext
+    from .context import RuleContext
 
 __all__ = [
     "elementwise", "channelwise", "pad", "reduce", "along_dim", "permute", "transpose", "cat",

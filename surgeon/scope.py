@@ -37,7 +37,7 @@ from .cost import Footprint
 from .groups import Group
 from .indexmap import Pos
 
-__all__ = ["GroupCut", "Candidate", "Part", "Request", "TargetReport", "select", "producer_parts",
+__all__ = ["removed_counts", "GroupCut", "Candidate", "Part", "Request", "TargetReport", "select", "producer_parts",
            "choose", "Unit", "units", "unit_cap", "normalised", "local_k", "DEFAULT_MAX_LAYER_RATIO"]
 
 DEFAULT_MAX_LAYER_RATIO = 0.9
@@ -329,3 +329,13 @@ def select(cands: list[Candidate], req: Request,
             lo = mid
     ref = getattr(reference, metric)
     return cuts_for(state(hi)), TargetReport(metric, frac, kept(hi) / ref, kept(lo) / ref)
+
+
+def removed_counts(cuts: list[GroupCut]) -> dict[Pos, int]:
+    """How many indices each position loses."""
+    out: dict[Pos, int] = {}
+    for cut in cuts:
+        if len(cut.remove):
+            for p, idx in cut.group.removed_indices(cut.remove).items():
+                out[p] = len(idx)
+    return out

@@ -18,7 +18,8 @@ from torch import nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from .errors import SurgeryError
-from .graph import is_multi, iter_module_calls, layer_positions
+from .context import is_multi
+from .graph import iter_module_calls, layer_positions
 from .indexmap import Pos
 from .record import write_attribute
 from .registry import layer_spec

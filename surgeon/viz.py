@@ -68,7 +68,7 @@ def _short(text: str, n: int = 28) -> str:
 
 
 def _layers_view(cg: ChannelGraph) -> nx.DiGraph:
-    from .graph import op_label
+    from .context import op_label
 
     of = _group_of(cg)
     modules = dict(cg.model.named_modules())

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import surgeon
-from surgeon.graph import Fixed
+from surgeon.context import Fixed
 from surgeon.groups import Group
 from surgeon.indexmap import Pos
 

@@ -27,7 +27,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..plan import Plan, plan
-from ..planfile import load_plan, trace_options
+from ..plan import load_plan
+from ..planfile import trace_options
 
 __all__ = ["is_distributed", "broadcast_object", "prune_distributed", "wrap_ddp", "broadcast_buffers",
            "structure"]

@@ -34,7 +34,8 @@ from ..cost import Footprint
 from ..indexmap import Pos
 from ..mask import mask, remove_masks, sparsity
 from ..plan import plan
-from ..planfile import load_plan, trace_options
+from ..plan import load_plan
+from ..planfile import trace_options
 from .init import copy_model, is_masked, kept_parameters, masked_tensors, refresh_masked
 from .loop import Trainer
 from .outcome import Outcome, Step

@@ -27,7 +27,8 @@ import torch.distributed as dist
 from torch import nn
 
 from ..plan import Plan, plan
-from ..planfile import load_plan, trace_options
+from ..plan import load_plan
+from ..planfile import trace_options
 from ..record import flatten_tensors
 from ..registry import layer_spec
 from ..capture import as_example_inputs, eval_mode
