@@ -146,7 +146,7 @@ class Traced:
     """A traced model: the fx graph module plus the shapes every node produced."""
 
     model: nn.Module
-    gm: Any  # fx.GraphModule (symbolic trace) or RecordedGraph (concrete trace): both have .graph
+    gm: "RecordedGraph"  # the fx graph and the model's modules / tensors by name (either tracer)
     inputs: Any  # the example inputs as the user gave them (Tensor, tuple or dict)
     leaf_modules: tuple[Any, ...] = ()  # re-used when the pruned model is traced again
     method: str = "fx"  # which tracer produced the graph: "fx" (symbolic) or "concrete"
@@ -186,9 +186,10 @@ class _ShapeRecorder(fx.Interpreter):
     instead of 0.03 s). Module parameters are swapped for meta copies only for the call.
     """
 
-    def __init__(self, gm: fx.GraphModule, model: nn.Module, meta: bool = False,
+    def __init__(self, gm: "RecordedGraph", model: nn.Module, meta: bool = False,
                  into: dict[str, Any] | None = None) -> None:
-        super().__init__(gm)
+        super().__init__(model, graph=gm.graph)  # modules and tensors are the model's own
+        self.gm = gm
         self.on_meta = meta
         self.model = model
         self.into = into  # given: metadata goes here by node name, the graph's nodes keep theirs
@@ -199,19 +200,15 @@ class _ShapeRecorder(fx.Interpreter):
         return super().run(*args)
 
     def fetch_attr(self, target: str) -> Any:
-        """When re-running after surgery (``into`` given), tensors come from the live model: the
-        GraphModule holds its own references to tensors read with ``get_attr`` (a layer scale's
-        ``self.gamma``), which surgery has replaced in the model. fx's own constants
-        (``_tensor_constant0``) exist only in the GraphModule."""
-        if self.into is not None:
-            obj: Any = self.model
-            try:
-                for part in target.split("."):
-                    obj = getattr(obj, part)
-                return obj
-            except AttributeError:
-                pass
-        return super().fetch_attr(target)
+        """Modules and tensors come from the live model (after surgery, its new tensors); fx's own
+        constants (``_tensor_constant0``, made while tracing) from the recorded graph."""
+        obj: Any = self.model
+        try:
+            for part in target.split("."):
+                obj = getattr(obj, part)
+            return obj
+        except AttributeError:
+            return getattr(self.gm, target)
 
     def get_attr(self, target: Any, args: Any, kwargs: Any) -> Any:
         v = super().get_attr(target, args, kwargs)
@@ -321,19 +318,26 @@ def _in_root_forward(model: nn.Module, exc: BaseException) -> bool:
 
 
 class RecordedGraph:
-    """What surgeon reads of a GraphModule, for a graph recorded by the concrete tracer (which is
-    a record of one run, not a program to re-run): the graph, and the model's submodules and
-    tensors by qualified name."""
+    """What surgeon reads of a traced model: the fx graph, and the model's submodules and tensors
+    by qualified name (plus ``constants``: tensors symbolic fx made attributes while tracing,
+    ``_tensor_constant0``). Not an ``fx.GraphModule``: nothing runs the graph as code, and building
+    one (copying the module tree, generating and compiling Python) cost MobileNetV2 11 ms a trace."""
 
-    def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
+    def __init__(self, model: nn.Module, graph: fx.Graph, constants: dict[str, Any] | None = None) -> None:
         self.graph = graph
         self._model = model
+        self._constants = constants or {}
 
     def get_submodule(self, target: str) -> nn.Module:
         return submodule(self._model, target)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
+        d = self.__dict__
+        if "_model" not in d:  # half-built (copy.deepcopy asks for __setstate__ first)
+            raise AttributeError(name)
+        if name in d["_constants"]:
+            return d["_constants"][name]
+        return getattr(d["_model"], name)
 
 
 def _resolve_leaves(model: nn.Module, leaf_modules: Iterable[Any]) -> tuple[tuple[type, ...], set[str]]:
@@ -383,18 +387,21 @@ def _known_layer(m: nn.Module) -> bool:
 
 
 def _trace_symbolic(model: nn.Module, ex: ExampleInputs, leaf_types: tuple[type, ...],
-                    leaf_names: set[str]) -> fx.GraphModule:
+                    leaf_names: set[str]) -> RecordedGraph:
     tracer = _Tracer(leaf_types, leaf_names)
+    before = set(vars(model))
     try:
         graph = tracer.trace(model)
     except Exception as e:
         raise _SymbolicTraceError(str(e)) from e
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    # constant tensors fx set on the root while tracing (removed again when attribute_ints restores it)
+    constants = {k: v for k, v in vars(model).items() if k not in before}
+    gm = RecordedGraph(model, graph, constants)
     _record_shapes(gm, model, ex)
     return gm
 
 
-def _record_shapes(gm: fx.GraphModule, model: nn.Module, ex: ExampleInputs,
+def _record_shapes(gm: RecordedGraph, model: nn.Module, ex: ExampleInputs,
                    into: dict[str, Any] | None = None) -> None:
     """Run ``gm`` on ``ex`` and note every node's output metadata (on the nodes, or ``into``).
     Shapes are taken on the meta device, unless a leaf is a module surgeon does not know: its
@@ -426,7 +433,7 @@ def rerun_shapes(traced: Traced) -> dict[str, Any] | None:
     changes tensors and size attributes, never the code, so for other symbolic graphs this is what
     a new trace would compute, without tracing again. The graph's own metadata is left alone.
     Raises TraceFailure, as a new trace would, when the forward fails."""
-    if traced.method != "fx" or not isinstance(traced.gm, fx.GraphModule):
+    if traced.method != "fx":
         return None
     if any("attr" in n.meta for n in traced.gm.graph.nodes):
         return None

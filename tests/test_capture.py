@@ -149,3 +149,26 @@ def test_submodule_finds_what_get_submodule_finds_and_fails_the_same_way():
         submodule(m, "0.7")
     with pytest.raises(AttributeError):
         submodule(m, "0.0.weight")  # a tensor, not a module
+
+
+def test_constants_fx_makes_while_tracing_survive_for_the_check_after_surgery():
+    class Offset(nn.Module):
+        """torch.ones(1) in forward: symbolic fx stores it as a constant (_tensor_constant0)."""
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 3, 1)
+
+        def forward(self, x):
+            return self.b(self.a(x) + torch.ones(1))
+
+    m = Offset().eval()
+    x = torch.randn(1, 3, 4, 4)
+    plan = surgeon.plan(m, x, ratio=0.5)
+    assert plan.graph.traced.method == "fx"
+    assert any(n.op == "get_attr" for n in plan.graph.traced.gm.graph.nodes)
+    assert not any(k.startswith("_tensor_constant") for k in vars(m))  # the model is left as it was
+    plan.apply(verify=True)
+    assert m.a.out_channels == 4
+    clone = copy.deepcopy(plan.graph.traced.gm)  # a traced graph copies (plans are deep-copied to trial them)
+    assert clone.graph is not plan.graph.traced.gm.graph
