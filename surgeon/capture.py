@@ -188,7 +188,9 @@ class _ShapeRecorder(fx.Interpreter):
 
     def __init__(self, gm: "RecordedGraph", model: nn.Module, meta: bool = False,
                  into: dict[str, Any] | None = None) -> None:
-        super().__init__(model, graph=gm.graph)  # modules and tensors are the model's own
+        # modules and tensors are the model's own; on meta, values cost nothing to keep, so the
+        # interpreter's last-use analysis (which frees real activations early) is skipped
+        super().__init__(model, garbage_collect_values=not meta, graph=gm.graph)
         self.gm = gm
         self.on_meta = meta
         self.model = model

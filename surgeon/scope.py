@@ -287,7 +287,7 @@ def select(cands: list[Candidate], req: Request,
 
         def state(j: int) -> dict[int, int]:
             return dict(zip(free, _counts_at(order, j, len(free))))
-    else:
+    elif req.target is not None:  # local scope walks every common ratio only to meet a target
         mlr_top = 1.0 if mlr is None else mlr
         steps = sorted({j / us[i].n0 for i in free for j in range(1, us[i].n0)
                         if j / us[i].n0 <= mlr_top + 1e-12})
