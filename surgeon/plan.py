@@ -8,6 +8,7 @@ prediction in ``cost`` and iterative pruning in ``schedule``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -28,7 +29,8 @@ from .indexmap import Pos
 from .planfile import cuts_from_dict, plan_to_dict, read_plan, save_plan
 from .protect import owner_name as _owner
 from .protect import protected_groups
-from .scope import removed_counts, DEFAULT_MAX_LAYER_RATIO, SCOPES, Candidate, GroupCut, Request, TargetReport, producer_parts, select
+from .scope import (DEFAULT_MAX_LAYER_RATIO, SCOPES, Candidate, GroupCut, Part, Request, TargetReport, producer_parts,
+                    removed_counts, select)
 from .surgery import ShapeMismatch, apply_removal, resolve_tensor
 from .capture import node_source
 
@@ -339,16 +341,31 @@ def check_ratios(model: nn.Module, ratios: Mapping[Any, Any] | None) -> dict[str
                                "channels removed") for n, v in zip(names, ratios.values())}
 
 
-def _override(model: nn.Module, g: Group, ratios: dict[str, float]) -> tuple[Optional[float], set[str]]:
-    """The per-module ratio that applies to ``g``: that of the modules whose *outputs* are in the
-    group (a conv's filters, a BN's scales), which must agree since they lose the same channels.
-    Also returns the names of those modules."""
-    owners = {_owner(p.ref) for p in g.params if not is_input_side(model, p)}
-    hits = {n: r for n, r in ratios.items() if n in owners}
-    if len(set(hits.values())) > 1:
+def _override(model: nn.Module, g: Group, producers: list[Pos], parts: list[Part] | None,
+              ratios: dict[str, float]) -> tuple[Optional[float], list[Part] | None, set[str]]:
+    """The per-module ratios that apply to ``g``: those of the modules whose *outputs* are in the
+    group (a conv's filters, a BN's scales). Modules that make the same channels lose them together,
+    so they must agree; the producers of a concatenation make different channels (``parts``), so
+    each part may take its own producer's ratio. Returns the group's ratio (or None), the parts with
+    their ratios set where they differ, and the names of the modules that matched."""
+    owner_of = {p: _owner(p.ref) for p in producers}
+    hits = {n: r for n, r in ratios.items() if n in set(owner_of.values())}
+    if len(set(hits.values())) <= 1:
+        return (next(iter(hits.values())) if hits else None), parts, set(hits)
+    if parts is None:
         raise ValueError(f"ratios gives {hits} to modules that are coupled (group {g.id}: their output "
                          "channels are removed together); give them one ratio")
-    return (next(iter(hits.values())) if hits else None), set(hits)
+    out = []
+    for part in parts:
+        mine = np.zeros(g.n, dtype=bool)
+        mine[part.channels] = True
+        makers = {owner_of[p] for p in producers if mine[g.channel_of[p]].any()}
+        given = {n: hits[n] for n in makers if n in hits}
+        if len(set(given.values())) > 1:
+            raise ValueError(f"ratios gives {given} to modules that make the same channels (group {g.id}: "
+                             "their output channels are removed together); give them one ratio")
+        out.append(dataclasses.replace(part, ratio=next(iter(given.values()))) if given else part)
+    return None, out, set(hits)
 
 
 def _original_channels(g: Group, baseline: Baseline | None) -> int:
@@ -399,7 +416,8 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     max_layer_ratio: the most one group may lose, in (0, 1]; default 0.9 for global scope and
         targets, no cap otherwise.
     ratios: per-module overrides {module or name: ratio} for the groups holding those modules'
-        output channels; those groups are cut locally, the rest as the scope says.
+        output channels; those groups are cut locally, the rest as the scope says. The producers
+        of one concatenation may take different ratios (each loses its own share).
     target_macs / target_params: instead of a ratio, the fraction of the original MACs /
         parameters to keep, in (0, 1]; the plan keeps at most that, and one step less of the
         removal order (one channel in global scope; the next common ratio in local scope; with
@@ -471,11 +489,11 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
         if np.isnan(scores).any():
             raise ValueError(f"criterion {name} returned NaN for some channels of group {g.id} "
                              f"({', '.join(g.layers[:3])}); return finite scores, or NaN for all to skip it")
-        over, hit = _override(model, g, overrides)
-        used |= hit
         n0 = _original_channels(g, baseline)
         producers = [p for p in g.params if not is_input_side(model, p)]
         parts = producer_parts(g, producers, baseline.sizes if baseline is not None else None, n0)
+        over, parts, hit = _override(model, g, producers, parts, overrides)
+        used |= hit
         cands.append(Candidate(g, scores, n0, over, parts))
     unused = sorted(set(overrides) - used)
     if unused:

@@ -60,10 +60,13 @@ class GroupCut:
 @dataclass(frozen=True)
 class Part:
     """Channels of a group made by one producer (one input of a concatenation), as indices into the
-    group's channels, and how many it had in the original model (``n0``)."""
+    group's channels, and how many it had in the original model (``n0``). ``ratio``: a per-module
+    override (``ratios=``) for this producer only, where the producers of one concatenation were
+    given different ratios."""
 
     channels: np.ndarray
     n0: int
+    ratio: Optional[float] = None
 
 
 @dataclass
@@ -171,7 +174,7 @@ class Unit:
 
 
 def units(cands: list[Candidate]) -> list[Unit]:
-    return [Unit(i, p.channels, p.n0, c.scores[p.channels], c.ratio)
+    return [Unit(i, p.channels, p.n0, c.scores[p.channels], p.ratio if p.ratio is not None else c.ratio)
             for i, c in enumerate(cands) for p in c.all_parts()]
 
 

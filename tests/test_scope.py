@@ -453,3 +453,27 @@ def test_every_scope_is_surgically_exact_on_the_zoo(traced, name, scope, criteri
         assert model(x).shape == out_shape
     else:
         assert_equivalent(reference, model, x)
+
+
+class _FireHead(nn.Module):
+    """A Fire module's concatenation read by a 1x1 conv (optionally through a BatchNorm)."""
+
+    def __init__(self, bn: bool = False):
+        super().__init__()
+        self.fire, self.head = P.Fire(8, 8, 16, 16), nn.Conv2d(32, 4, 1)
+        self.bn = nn.BatchNorm2d(32) if bn else nn.Identity()
+
+    def forward(self, x):
+        return self.head(self.bn(self.fire(x))).mean((2, 3))
+
+
+def test_producers_of_one_concatenation_take_their_own_ratios():
+    """Each input of a concatenation makes its own channels, so each may have its own ratio."""
+    m = _FireHead().eval()
+    x = torch.randn(1, 8, 6, 6)
+    plan = surgeon.plan(m, x, ratios={m.fire.expand1x1: 0.25, m.fire.expand3x3: 0.75})
+    plan.apply(verify=True)
+    assert (m.fire.expand1x1.out_channels, m.fire.expand3x3.out_channels, m.head.in_channels) == (12, 4, 16)
+    f = _FireHead(bn=True).eval()  # the BatchNorm scales every channel of both branches
+    with pytest.raises(ValueError, match="make the same channels.*give them one ratio"):
+        surgeon.plan(f, x, ratios={f.fire.expand1x1: 0.25, f.bn: 0.75})
