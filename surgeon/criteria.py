@@ -95,7 +95,7 @@ def member_filter(model: nn.Module, group: Group, side: str) -> Group:
             if p.kind != "p" or is_input_side(model, p) == want_in}
     if not any(p.kind == "p" for p in keep):
         return group
-    return Group(group.id, group.n, keep, group.fixed, group.mixing)
+    return Group(group.id, group.n, keep, group.fixed, group.mixing, group.aligned)
 
 
 _SHARED: ContextVar[dict | None] = ContextVar("surgeon_shared_reductions", default=None)
@@ -163,6 +163,8 @@ def _per_channel(group: Group, pos: Pos, per_index: np.ndarray) -> np.ndarray:
     """Sum a member's per-index values into its channels; channels the member does not cover get
     NaN (a concat input covers only its own slice of the group)."""
     ch = group.channel_of[pos]
+    if group.aligned:  # index i of every member is channel i
+        return np.array(per_index, dtype=np.float64)
     acc = np.zeros(group.n)
     np.add.at(acc, ch, per_index)
     covered = np.zeros(group.n, dtype=bool)

@@ -31,6 +31,8 @@ class Group:
     channel_of: for each position, an int array giving the channel of each index along it.
     fixed: why the group cannot shrink (empty when it is prunable).
     mixing: a member normalises across channels (LayerNorm), so removal is not an exact zeroing.
+    aligned: index i of every member is channel i (most groups: conv -> BN -> act -> conv), so
+        per-index scores are per-channel scores as they are.
     """
 
     id: int
@@ -38,6 +40,7 @@ class Group:
     channel_of: dict[Pos, np.ndarray]
     fixed: list[Fixed] = field(default_factory=list)
     mixing: bool = False
+    aligned: bool = False  # every member has n indices and index i is channel i (no concat, flatten...)
 
     @property
     def prunable(self) -> bool:
@@ -84,7 +87,7 @@ def _is_range(a: np.ndarray) -> bool:
     return len(a) == 0 or (a[0] == 0 and a[-1] == len(a) - 1 and bool((np.diff(a) == 1).all()))
 
 
-def _channels(g: nx.DiGraph, positions: list[Pos]) -> tuple[int, dict[Pos, np.ndarray]]:
+def _channels(g: nx.DiGraph, positions: list[Pos]) -> tuple[int, dict[Pos, np.ndarray], bool]:
     """Resolve a component's index maps into channel ids per position."""
     # a component is closed under edges, so each position's out-edges are the component's edges
     edges = [(a, b, data["map"]) for a in positions for b, data in g.succ[a].items()]
@@ -95,7 +98,7 @@ def _channels(g: nx.DiGraph, positions: list[Pos]) -> tuple[int, dict[Pos, np.nd
                for _, _, m in edges):
             channels = np.arange(n)
             channels.flags.writeable = False
-            return n, {p: channels for p in positions}
+            return n, {p: channels for p in positions}, True
     offset: dict[Pos, int] = {}
     total = 0
     for p in positions:
@@ -119,7 +122,7 @@ def _channels(g: nx.DiGraph, positions: list[Pos]) -> tuple[int, dict[Pos, np.nd
     rank = np.empty(labels.max() + 1, dtype=np.int64)
     rank[np.argsort(first)] = np.arange(len(first))
     labels = rank[labels]
-    return len(first), {p: labels[offset[p]:offset[p] + g.nodes[p]["size"]] for p in positions}
+    return len(first), {p: labels[offset[p]:offset[p] + g.nodes[p]["size"]] for p in positions}, False
 
 
 def check_sizes(g: nx.DiGraph) -> None:
@@ -154,10 +157,10 @@ def find_groups(g: nx.DiGraph) -> list[Group]:
         positions = sorted(comp, key=lambda p: (p.kind != "p", g.nodes[p].get("order", 0)))
         if not any(p.kind == "p" for p in positions):
             continue
-        n, channel_of = _channels(g, positions)
+        n, channel_of, aligned = _channels(g, positions)
         fixed = [f for p in positions for f in g.nodes[p]["fixed"]]
         mixing = any(g.nodes[p].get("mixing", False) for p in positions)
-        groups.append(Group(0, n, channel_of, list(dict.fromkeys(fixed)), mixing))
+        groups.append(Group(0, n, channel_of, list(dict.fromkeys(fixed)), mixing, aligned))
     groups.sort(key=lambda gr: min(g.nodes[p]["order"] for p in gr.channel_of))
     for i, gr in enumerate(groups):
         gr.id = i
