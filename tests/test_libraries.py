@@ -49,7 +49,9 @@ def test_yolov8n_detect_out_of_the_box(tmp_path):
     x = torch.randn(1, 3, 160, 160)
     kept_all = prune_checked(copy.deepcopy(m), x)  # every output keeps its shape
     kept = prune_checked(m, x, keep_outputs=[0])  # the detections; the head's feature maps may shrink
-    assert kept <= 0.35 < kept_all < 0.45
+    # measured 0.253 / 0.324 (0.297 / 0.386 before concatenations were cut per producer): releasing
+    # the head's feature maps lets more channels go
+    assert kept < kept_all - 0.04 and kept <= 0.30 and kept_all < 0.40
     surgeon.export_onnx(m, x, tmp_path / "yolo.onnx")
 
 
