@@ -198,6 +198,8 @@ def reduce_members(group: Group, scores: list[tuple[Pos, np.ndarray]], reduction
     m = np.stack([s for _, s in scores])
     if reduction == "first":
         m = m[:1]
+    if group.aligned:  # every member covers every channel: no NaN to skip
+        return {"mean": np.mean, "sum": np.sum, "max": np.max, "first": np.mean}[reduction](m, axis=0)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: uncovered, set to 0 below
         r = {"mean": np.nanmean, "sum": np.nansum, "max": np.nanmax, "first": np.nanmean}[reduction](m, axis=0)

@@ -74,6 +74,9 @@ class Group:
         """Sorted indices each position loses when ``channels`` are removed."""
         gone = np.zeros(self.n, dtype=bool)
         gone[np.asarray(list(channels), dtype=np.int64)] = True
+        if self.aligned:  # index i is channel i everywhere: one answer for every position
+            idx = np.flatnonzero(gone)
+            return {p: idx for p in self.channel_of}
         return {p: np.flatnonzero(gone[ch]) for p, ch in self.channel_of.items()}
 
     def __str__(self) -> str:
