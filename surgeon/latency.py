@@ -353,30 +353,36 @@ def probe_multiple(model: LatencyModel, table: LatencyTable) -> MultipleProbe:
 
 # --------------------------------------------------------------------------------- whole models
 def time_models_onnx(models: Sequence[nn.Module], inputs: Any, threads: int, runs: int = 20,
-                     min_seconds: float = 1.5) -> list[float]:
-    """Median ms of each model in ONNX Runtime (exported to a temporary folder), side by side, over
-    at least ``runs`` rounds and at least ``min_seconds`` of the first model's time (capped at 400
-    rounds): 20 runs of an 11 ms MobileNetV2 last 0.2 s, short enough for one burst of another
-    process on a shared machine to move the median by 10% (measured: 0.43 vs 0.50 of dense for the
-    same plan, timed twice)."""
+                     min_seconds: float = 1.5, sessions: int = 3) -> list[float]:
+    """Median ms of each model in ONNX Runtime (exported once to a temporary folder), side by side.
+
+    Timed ``sessions`` times, each time in fresh sessions, over at least ``runs`` rounds and at least
+    ``min_seconds`` of the first model's time (capped at 400 rounds); the result is the median over
+    the sessions of each model's median. On this shared 2-core machine one timing is not enough:
+    20 runs of an 11 ms MobileNetV2 last 0.2 s (a burst of another process moved the median by 10%),
+    and the same ResNet-50 plan measured 0.55 and 0.62 of dense in two sessions a minute apart."""
     from .export import export_onnx
     from .runtime import onnx_session
     from .timing import ort_runner, time_side_by_side
 
+    if sessions < 1:
+        raise ValueError(f"sessions must be >= 1, got {sessions}")
+    per_session: list[list[float]] = []
     with tempfile.TemporaryDirectory(prefix="surgeon-latency-") as tmp:
-        fns = {}
         x = inputs if not isinstance(inputs, (tuple, list)) else inputs[0]
-        for i, m in enumerate(models):
-            path = export_onnx(m, inputs, Path(tmp) / f"m{i}.onnx", check=False)
-            fns[i] = ort_runner(onnx_session(path, threads=threads), x)
-        first = fns[0]
-        first()  # warm, then time one call to size the run
-        t0 = time.perf_counter()
-        first()
-        one = time.perf_counter() - t0
-        runs = min(400, max(runs, math.ceil(min_seconds / max(one, 1e-4))))
-        t = time_side_by_side(fns, runs=runs, warmup=3)
-    return [t[i].median_ms for i in range(len(models))]
+        paths = [export_onnx(m, inputs, Path(tmp) / f"m{i}.onnx", check=False) for i, m in enumerate(models)]
+        for k in range(sessions):
+            fns = {i: ort_runner(onnx_session(path, threads=threads), x) for i, path in enumerate(paths)}
+            first = fns[0]
+            first()  # warm, then time one call to size the run
+            t0 = time.perf_counter()
+            first()
+            one = time.perf_counter() - t0
+            n = min(400, max(runs, math.ceil(min_seconds / max(one, 1e-4))))
+            t = time_side_by_side(fns, runs=n, warmup=3, seed=k)
+            per_session.append([t[i].median_ms for i in range(len(models))])
+            del fns
+    return [float(np.median([row[i] for row in per_session])) for i in range(len(models))]
 
 
 def _input_shape(inputs: Any) -> tuple[int, ...]:
