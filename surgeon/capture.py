@@ -15,7 +15,6 @@ from typing import Any, ContextManager, Iterable, Iterator, Sequence
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.fx.node import map_aggregate
 from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 
@@ -173,7 +172,7 @@ def _keeps_shape(op: str, target: Any, module: nn.Module | None, args: Any, kwar
     activations, dropout): on the meta device it need not run."""
     from .registry import keeps_shape
     tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-    return (len(tensors) == 1 and tensors[0] is args[0] if args else False) and keeps_shape(op, target, module)
+    return len(tensors) == 1 and bool(args) and tensors[0] is args[0] and keeps_shape(op, target, module)
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -229,18 +228,8 @@ class _ShapeRecorder(fx.Interpreter):
             return args[0]  # on meta a tensor is only its metadata: no need for a new one
         from .registry import output_shape
         shape = output_shape(mod, args, kwargs)
-        if shape is not None:  # a conv / linear: its spec knows the shape, no parameter copies
+        if shape is not None:  # conv, linear, batch norm: the spec knows the shape, no parameter copies
             return torch.empty(shape, dtype=args[0].dtype, device="meta")
-        if isinstance(mod, _BatchNorm) and type(mod).forward is _BatchNorm.forward:
-            # torch's meta batch_norm is a Python decomposition (~2 ms a call); its output is the
-            # input's shape, so check the per-channel tensors against the input and skip it.
-            x = args[0]
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                t = getattr(mod, name, None)
-                if isinstance(t, torch.Tensor) and (x.dim() < 2 or t.shape[0] != x.shape[1]):
-                    raise RuntimeError(f"{target}.{name} has {t.shape[0]} entries but the input has "
-                                       f"shape {tuple(x.shape)}")
-            return x
         saved = []
         try:
             for sub in mod.modules():

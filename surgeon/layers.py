@@ -13,6 +13,7 @@ through the registry (``registry.layer_spec``), never through ``LAYER_SPECS``.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -418,6 +419,19 @@ _CONVT = LayerSpec(1, 1, _couple_conv_transpose, _sync_conv_transpose, _check_co
 _NORM = LayerSpec(1, 1, _couple_per_channel, _sync_num_features, _check_num_features,
                   zero_outputs=_zero_norm_outputs, size_attrs=("num_features",), macs="norm")
 
+
+def _batch_norm_out_shape(m: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """BatchNorm keeps its input's shape; its per-channel tensors must fit the channel dim (1)."""
+    for name in _NORM_TENSORS:
+        t = getattr(m, name, None)
+        if isinstance(t, torch.Tensor) and (len(shape) < 2 or t.shape[0] != shape[1]):
+            raise RuntimeError(f"{type(m).__name__}.{name} has {t.shape[0]} entries but the input has "
+                               f"shape {tuple(shape)}")
+    return tuple(shape)
+
+
+_BATCH_NORM = dataclasses.replace(_NORM, out_shape=_batch_norm_out_shape)
+
 # The built-in layers; the registry registers each one (read a spec through ``registry.layer_spec``).
 LAYER_SPECS: dict[type, LayerSpec] = {
     nn.Conv1d: _CONV, nn.Conv2d: _CONV, nn.Conv3d: _CONV,
@@ -428,7 +442,7 @@ LAYER_SPECS: dict[type, LayerSpec] = {
     nn.Embedding: LayerSpec(0, -1, _couple_embedding, _sync_embedding, _check_embedding,
                             zero_outputs=_zero_embedding_outputs,
                             size_attrs=("num_embeddings", "embedding_dim"), macs="shape"),
-    nn.BatchNorm1d: _NORM, nn.BatchNorm2d: _NORM, nn.BatchNorm3d: _NORM,
+    nn.BatchNorm1d: _BATCH_NORM, nn.BatchNorm2d: _BATCH_NORM, nn.BatchNorm3d: _BATCH_NORM,
     nn.InstanceNorm1d: _NORM, nn.InstanceNorm2d: _NORM, nn.InstanceNorm3d: _NORM,
     # GroupNorm / LayerNorm normalise across channels: a zeroed channel's output, gamma * (0 - mean)
     # / std + beta, depends on its neighbours, so no zero_outputs; the soft pruner's final consumer

@@ -116,13 +116,13 @@ _PAD_MODULES = [
     nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d,
     nn.ReplicationPad2d, nn.ReplicationPad3d,
 ]
-for _types, _rule, _kind in [
-    (_ACTIVATION_MODULES, rules.elementwise, "activation"), (_IDENTITY_MODULES, rules.elementwise, "shape"),
-    (_POOL_MODULES, rules.channelwise, "pool"), (_RESIZE_MODULES, rules.channelwise, "elementwise"),
-    (_PAD_MODULES, rules.channelwise, "shape"),
+for _types, _rule, _kind, _same in [  # _same: output shape = input shape (OpEntry.same_shape)
+    (_ACTIVATION_MODULES, rules.elementwise, "activation", True), (_IDENTITY_MODULES, rules.elementwise, "shape", True),
+    (_POOL_MODULES, rules.channelwise, "pool", False), (_RESIZE_MODULES, rules.channelwise, "elementwise", False),
+    (_PAD_MODULES, rules.channelwise, "shape", False),
 ]:
     for _t in _types:
-        register_module(_t, _rule, macs=_kind, same_shape=_types is _ACTIVATION_MODULES or _types is _IDENTITY_MODULES)
+        register_module(_t, _rule, macs=_kind, same_shape=_same)
 register_module(nn.Flatten, reshape.flatten, macs="shape")
 register_module(nn.PixelShuffle, lambda ctx: reshape.pixel_shuffle(ctx, ctx.module.upscale_factor), macs="shape")
 register_module(nn.PixelUnshuffle, lambda ctx: reshape.pixel_unshuffle(ctx, ctx.module.downscale_factor),
@@ -168,13 +168,14 @@ _POOL_FUNCTIONS = [
     F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.avg_pool1d,
 ]
 _RESIZE_FUNCTIONS = [F.interpolate, F.upsample, F.upsample_nearest, F.upsample_bilinear]
-for _fns, _rule, _kind in [
-    (_ARITHMETIC_FUNCTIONS, rules.elementwise, "elementwise"), (_ACTIVATION_FUNCTIONS, rules.elementwise, "activation"),
-    (_FREE_ELEMENTWISE_FUNCTIONS, rules.elementwise, "shape"), (_POOL_FUNCTIONS, rules.channelwise, "pool"),
-    (_RESIZE_FUNCTIONS, rules.channelwise, "elementwise"),
+for _fns, _rule, _kind, _same in [  # _same: output shape = input shape (OpEntry.same_shape)
+    (_ARITHMETIC_FUNCTIONS, rules.elementwise, "elementwise", False),
+    (_ACTIVATION_FUNCTIONS, rules.elementwise, "activation", True),
+    (_FREE_ELEMENTWISE_FUNCTIONS, rules.elementwise, "shape", False), (_POOL_FUNCTIONS, rules.channelwise, "pool", False),
+    (_RESIZE_FUNCTIONS, rules.channelwise, "elementwise", False),
 ]:
     for _f in _fns:
-        register_function(_f, _rule, macs=_kind, same_shape=_fns is _ACTIVATION_FUNCTIONS)
+        register_function(_f, _rule, macs=_kind, same_shape=_same)
 for _f, _r, _kind in [
     (F.pad, rules.pad, "shape"), (torch.flatten, reshape.flatten, "shape"), (torch.squeeze, reshape.flatten, "shape"),
     (torch.unsqueeze, reshape.flatten, "shape"), (torch.reshape, reshape.view, "shape"),

@@ -24,6 +24,8 @@ CONVS = [
     (nn.Conv3d(2, 3, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)), (1, 2, 4, 9, 9)),
     (nn.Linear(12, 5), (3, 7, 12)),
     (nn.Linear(12, 5), (12,)),
+    (nn.BatchNorm2d(4).eval(), (2, 4, 5, 5)),
+    (nn.BatchNorm1d(6, affine=False).eval(), (3, 6)),
 ]
 
 
@@ -40,6 +42,8 @@ def test_layer_output_shape_refuses_inputs_the_layer_refuses():
         output_shape(nn.Conv2d(3, 4, 5), (torch.empty(1, 3, 2, 2, device="meta"),), {})
     with pytest.raises(RuntimeError, match="expects 12 input features"):
         output_shape(nn.Linear(12, 4), (torch.empty(2, 10, device="meta"),), {})
+    with pytest.raises(RuntimeError, match="BatchNorm2d.weight has 4 entries"):
+        output_shape(nn.BatchNorm2d(4), (torch.empty(1, 6, 3, 3, device="meta"),), {})
 
 
 def test_output_shape_is_unknown_for_custom_forwards_and_extra_arguments():
@@ -51,6 +55,7 @@ def test_output_shape_is_unknown_for_custom_forwards_and_extra_arguments():
     assert output_shape(MyConv(3, 4, 3), (x,), {}) is None
     assert output_shape(nn.Conv2d(3, 4, 3), (x, x), {}) is None
     assert output_shape(nn.ReLU(), (x,), {}) is None  # no layer spec: same-shape ops are skipped elsewhere
+    assert output_shape(nn.InstanceNorm2d(3), (x,), {}) is None  # its channel dim depends on batching: run
 
 
 class _Acts(nn.Module):
