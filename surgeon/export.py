@@ -58,7 +58,7 @@ from torch import nn
 from .onnx_io import check_model, eval_no_grad, export_inputs, flat_outputs, positional
 from .quiet import Captured, captured_output, quiet
 # ONNX Runtime's side is runtime.py's; its names stay importable from here, where they were defined
-from .runtime import OnnxMismatchError, compare_onnx, onnx_session, run_onnx  # noqa: F401
+from .runtime import OnnxMismatchError, compare_onnx, onnx_session
 
 __all__ = ["OnnxExportError", "OnnxMismatchError", "export_onnx"]
 

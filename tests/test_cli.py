@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from surgeon.cli import main
-from surgeon.export import onnx_session, run_onnx
+from surgeon.runtime import onnx_session, run_onnx
 from surgeon.resolve import ModelSpecError, parse_input_shape, parse_ratios, resolve_model
 
 TINY_INPUT = torch.randn(2, 3, 16, 16)
