@@ -100,8 +100,11 @@ def to_markdown(res: dict[str, Any]) -> str:
         tp = r.get("torch-pruning")
         lines.append(f"| {r['depth']} | {r['surgeon']:.3f} | {tp:.3f} |" if tp is not None else
                      f"| {r['depth']} | {r['surgeon']:.3f} | skipped |")
-    lines += ["", f"log-log slope of time vs depth: surgeon {res['slope']['surgeon']:.2f}"
-              + (f", Torch-Pruning {res['slope']['torch-pruning']:.2f}" if "torch-pruning" in res["slope"] else ""), ""]
+    if res["slope"]:  # needs at least two depths
+        lines += ["", "log-log slope of time vs depth: " + ", ".join(
+            f"{'surgeon' if m == 'surgeon' else 'Torch-Pruning'} {v:.2f}" for m, v in res["slope"].items()), ""]
+    else:
+        lines += ["", "log-log slope of time vs depth: needs at least two depths", ""]
     return "\n".join(lines)
 
 

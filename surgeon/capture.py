@@ -15,11 +15,11 @@ from typing import Any, ContextManager, Iterable, Iterator, Sequence
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.node import map_aggregate
-from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
+from torch.fx.passes.shape_prop import TensorMetadata
 
 from .errors import TraceFailure, ValueDependentWarning
-from .record import failing_user_frame, read_attribute, user_frames, user_source
+from .record import failing_user_frame, user_frames, user_source
+from .shapes import record_shapes
 
 __all__ = ["Traced", "trace_fx", "rerun_shapes", "node_source", "node_module", "submodule", "as_input_tuple", "as_example_inputs",
            "ExampleInputs", "eval_mode", "TRACERS"]
@@ -92,7 +92,8 @@ def module_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
     """Run ``model`` in train (``training=True``) or eval mode; afterwards every module gets back its
     *own* flag (a model in train mode with one frozen BatchNorm in eval keeps it that way)."""
     modes = [(m, m.training) for m in model.modules()]
-    model.train(training)
+    if any(mode != training for _, mode in modes):  # already there: skip train()'s walk of setattrs
+        model.train(training)
     try:
         yield model
     finally:
@@ -165,104 +166,6 @@ class Traced:
                 return None
             m = m[index]
         return tuple(m.shape) if isinstance(m, TensorMetadata) else None
-
-
-def _keeps_shape(op: str, target: Any, module: nn.Module | None, args: Any, kwargs: Any) -> bool:
-    """An op whose output is its one tensor input's shape and dtype (``registry.keeps_shape``:
-    activations, dropout): on the meta device it need not run."""
-    from .registry import keeps_shape
-    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-    return len(tensors) == 1 and bool(args) and tensors[0] is args[0] and keeps_shape(op, target, module)
-
-
-class _ShapeRecorder(fx.Interpreter):
-    """Runs the graph and stores each node's TensorMetadata in ``node.meta["tensor_meta"]``, like
-    fx's ShapeProp but quiet on failure (we raise our own error naming the inputs).
-
-    With ``meta=True`` every tensor lives on the meta device: shapes without arithmetic. Measured
-    on this project's CPU (1 thread): ResNet-50 at 224x224 0.05 s instead of 0.15 s for a real
-    forward, VGG-16 0.02 s instead of 0.39 s (MobileNetV2, whose cost is per-op overhead, 0.08 s
-    instead of 0.03 s). Module parameters are swapped for meta copies only for the call.
-    """
-
-    def __init__(self, gm: "RecordedGraph", model: nn.Module, meta: bool = False,
-                 into: dict[str, Any] | None = None) -> None:
-        # modules and tensors are the model's own; on meta, values cost nothing to keep, so the
-        # interpreter's last-use analysis (which frees real activations early) is skipped
-        super().__init__(model, garbage_collect_values=not meta, graph=gm.graph)
-        self.gm = gm
-        self.on_meta = meta
-        self.model = model
-        self.into = into  # given: metadata goes here by node name, the graph's nodes keep theirs
-
-    def run(self, *args: Any) -> Any:  # type: ignore[override]
-        if self.on_meta:
-            args = tuple(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args)
-        return super().run(*args)
-
-    def fetch_attr(self, target: str) -> Any:
-        """Modules and tensors come from the live model (after surgery, its new tensors); fx's own
-        constants (``_tensor_constant0``, made while tracing) from the recorded graph."""
-        obj: Any = self.model
-        try:
-            for part in target.split("."):
-                obj = getattr(obj, part)
-            return obj
-        except AttributeError:
-            return getattr(self.gm, target)
-
-    def get_attr(self, target: Any, args: Any, kwargs: Any) -> Any:
-        v = super().get_attr(target, args, kwargs)
-        return v.to("meta") if self.on_meta and isinstance(v, torch.Tensor) else v
-
-    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
-        if self.on_meta and _keeps_shape("call_function", target, None, args, kwargs):
-            return args[0]  # on meta a tensor is only its metadata: no need for a new one
-        return super().call_function(target, args, kwargs)
-
-    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
-        if not self.on_meta:
-            return super().call_module(target, args, kwargs)
-        mod = self.fetch_attr(target)
-        if _keeps_shape("call_module", target, mod, args, kwargs):
-            return args[0]  # on meta a tensor is only its metadata: no need for a new one
-        from .registry import output_shape
-        shape = output_shape(mod, args, kwargs)
-        if shape is not None:  # conv, linear, batch norm: the spec knows the shape, no parameter copies
-            return torch.empty(shape, dtype=args[0].dtype, device="meta")
-        saved = []
-        try:
-            for sub in mod.modules():
-                for table in (sub._parameters, sub._buffers):
-                    for k, v in table.items():
-                        if v is not None:
-                            saved.append((table, k, v))
-                            table[k] = v.to("meta")
-            return mod(*args, **kwargs)
-        finally:
-            for table, k, v in saved:
-                table[k] = v
-
-    def run_node(self, n: fx.Node) -> Any:
-        if "attr" in n.meta:  # a module's int attribute (record.attribute_int): read it now
-            return read_attribute(self.model, *n.meta["attr"])
-        result = super().run_node(n)
-        found = False
-
-        def meta(obj: Any) -> Any:
-            nonlocal found
-            if isinstance(obj, torch.Tensor):
-                found = True
-                return _extract_tensor_metadata(obj, include_contiguity=False)  # memory formats: unused, slow on meta
-            return obj
-
-        m = map_aggregate(result, meta)
-        if found:
-            if self.into is not None:
-                self.into[n.name] = m
-            else:
-                n.meta["tensor_meta"] = m
-        return result
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -388,32 +291,8 @@ def _trace_symbolic(model: nn.Module, ex: ExampleInputs, leaf_types: tuple[type,
     # constant tensors fx set on the root while tracing (removed again when attribute_ints restores it)
     constants = {k: v for k, v in vars(model).items() if k not in before}
     gm = RecordedGraph(model, graph, constants)
-    _record_shapes(gm, model, ex)
+    record_shapes(gm, model, ex.args)
     return gm
-
-
-def _record_shapes(gm: RecordedGraph, model: nn.Module, ex: ExampleInputs,
-                   into: dict[str, Any] | None = None) -> None:
-    """Run ``gm`` on ``ex`` and note every node's output metadata (on the nodes, or ``into``).
-    Shapes are taken on the meta device, unless a leaf is a module surgeon does not know: its
-    forward may cache tensors (YOLO's anchors) that must never end up on the meta device."""
-    from .registry import lookup
-    on_meta = True
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            m = gm.get_submodule(str(node.target))
-            if lookup("call_module", node.target, m) is None:
-                on_meta = False
-                break
-    with torch.no_grad():
-        if on_meta:
-            try:
-                _ShapeRecorder(gm, model, meta=True, into=into).run(*ex.args)
-                return
-            except Exception:  # an op without a meta kernel, or data-dependent code in a leaf
-                if into is not None:
-                    into.clear()
-        _ShapeRecorder(gm, model, meta=False, into=into).run(*ex.args)
 
 
 def rerun_shapes(traced: Traced) -> dict[str, Any] | None:
@@ -432,7 +311,7 @@ def rerun_shapes(traced: Traced) -> dict[str, Any] | None:
     model = traced.model
     try:
         with eval_mode(model):
-            _record_shapes(traced.gm, model, as_example_inputs(traced.inputs), into=out)
+            record_shapes(traced.gm, model, as_example_inputs(traced.inputs).args, into=out)
     except Exception as e:
         raise TraceFailure(f"running {type(model).__name__} on the example inputs failed{_user_frame(e)}: "
                            f"{type(e).__name__}: {e}") from e

@@ -8,10 +8,9 @@ prediction in ``cost`` and iterative pruning in ``schedule``.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -20,19 +19,18 @@ from torch import nn
 from .cost import CostModel, Footprint, cost_model
 from .latency import LatencySettings
 from .criteria import (Criterion, accumulate_gradients, bind_criterion, check_reduction, check_side,
-                       get_criterion, is_input_side, member_filter, needs_data)
+                       get_criterion, needs_data)
 from .trace import ChannelGraph, FrozenGroupWarning, trace
 from .errors import NothingToPrune, SurgeryError, TraceFailure
 from .graph import iter_module_calls, layer_positions
-from .groups import Group
 from .indexmap import Pos
 from .planfile import cuts_from_dict, plan_to_dict, read_plan, save_plan
 from .protect import owner_name as _owner
 from .protect import protected_groups
-from .scope import (DEFAULT_MAX_LAYER_RATIO, SCOPES, Candidate, GroupCut, Part, Request, TargetReport, producer_parts,
-                    removed_counts, select)
-from .surgery import ShapeMismatch, apply_removal, resolve_tensor
+from .scope import DEFAULT_MAX_LAYER_RATIO, SCOPES, Candidate, GroupCut, Request, TargetReport, removed_counts, select
+from .surgery import ShapeMismatch, apply_removal
 from .capture import node_source
+from .candidates import collect_candidates
 
 if TYPE_CHECKING:
     from .allocate import LatencyReport
@@ -341,47 +339,6 @@ def check_ratios(model: nn.Module, ratios: Mapping[Any, Any] | None) -> dict[str
                                "channels removed") for n, v in zip(names, ratios.values())}
 
 
-def _override(model: nn.Module, g: Group, producers: list[Pos], parts: list[Part] | None,
-              ratios: dict[str, float]) -> tuple[Optional[float], list[Part] | None, set[str]]:
-    """The per-module ratios that apply to ``g``: those of the modules whose *outputs* are in the
-    group (a conv's filters, a BN's scales). Modules that make the same channels lose them together,
-    so they must agree; the producers of a concatenation make different channels (``parts``), so
-    each part may take its own producer's ratio. Returns the group's ratio (or None), the parts with
-    their ratios set where they differ, and the names of the modules that matched."""
-    owner_of = {p: _owner(p.ref) for p in producers}
-    hits = {n: r for n, r in ratios.items() if n in set(owner_of.values())}
-    if len(set(hits.values())) <= 1:
-        return (next(iter(hits.values())) if hits else None), parts, set(hits)
-    if parts is None:
-        raise ValueError(f"ratios gives {hits} to modules that are coupled (group {g.id}: their output "
-                         "channels are removed together); give them one ratio")
-    out = []
-    for part in parts:
-        mine = np.zeros(g.n, dtype=bool)
-        mine[part.channels] = True
-        makers = {owner_of[p] for p in producers if mine[g.channel_of[p]].any()}
-        given = {n: hits[n] for n in makers if n in hits}
-        if len(set(given.values())) > 1:
-            raise ValueError(f"ratios gives {given} to modules that make the same channels (group {g.id}: "
-                             "their output channels are removed together); give them one ratio")
-        out.append(dataclasses.replace(part, ratio=next(iter(given.values()))) if given else part)
-    return None, out, set(hits)
-
-
-def _original_channels(g: Group, baseline: Baseline | None) -> int:
-    """Channels ``g`` had in the original model: the original size of a member with one index per
-    channel (a producing conv's filters), else the members' total size scaled."""
-    if baseline is None:
-        return g.n
-    for p in g.params:
-        ch = g.channel_of[p]
-        if p in baseline.sizes and len(ch) == g.n and len(np.unique(ch)) == g.n:
-            return baseline.sizes[p]
-    now = sum(len(g.channel_of[p]) for p in g.params)
-    then = sum(baseline.sizes.get(p, len(g.channel_of[p])) for p in g.params)
-    return max(g.n, round(g.n * then / max(now, 1)))
-
-
 def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
          criterion: Union[str, Criterion] = "l1", scope: str = "local",
          ignore: Sequence[Any] | None = None, round_to: int | None = None,
@@ -461,40 +418,9 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     cost = cost_model(graph)
     grads = accumulate_gradients(model, data, loss_fn) if needs_data(fn) else None
     score = bind_criterion(fn, reduction, model=model, grads=grads)
-    name = getattr(fn, "__name__", type(fn).__name__)
-    cands: list[Candidate] = []
-    skipped: dict[int, str] = {}
-    used: set[str] = set()
-    retired = [0, 0]  # groups that earlier steps cut down to one channel (global ratio counts them)
-    for g in graph.groups:
-        if not g.prunable:
-            if g.n > 1:
-                skipped[g.id] = g.frozen_reason()
-            elif not g.fixed and baseline is not None and g.id not in protected.reasons:
-                retired[0] += _original_channels(g, baseline)
-                retired[1] += g.n
-            continue
-        if g.id in protected.reasons:
-            skipped[g.id] = protected.reasons[g.id]
-            continue
-        tensors = {p.ref: resolve_tensor(model, p.ref) for p in g.params}
-        with torch.no_grad():
-            scores = np.asarray(score(member_filter(model, g, side), tensors), dtype=np.float64)
-        if scores.shape != (g.n,):
-            raise ValueError(f"criterion {name} returned scores of shape {scores.shape} for group {g.id} "
-                             f"with {g.n} channels; it must return one score per channel")
-        if np.isnan(scores).all():
-            skipped[g.id] = f"criterion {name} cannot score it"
-            continue
-        if np.isnan(scores).any():
-            raise ValueError(f"criterion {name} returned NaN for some channels of group {g.id} "
-                             f"({', '.join(g.layers[:3])}); return finite scores, or NaN for all to skip it")
-        n0 = _original_channels(g, baseline)
-        producers = [p for p in g.params if not is_input_side(model, p)]
-        parts = producer_parts(g, producers, baseline.sizes if baseline is not None else None, n0)
-        over, parts, hit = _override(model, g, producers, parts, overrides)
-        used |= hit
-        cands.append(Candidate(g, scores, n0, over, parts))
+    found = collect_candidates(graph, score, side, protected.reasons, overrides, baseline,
+                               getattr(fn, "__name__", type(fn).__name__))
+    cands, skipped, retired, used = found.candidates, found.skipped, found.retired, found.used
     unused = sorted(set(overrides) - used)
     if unused:
         raise ValueError(f"ratios names {unused}, whose output channels are not in any prunable group "

@@ -79,7 +79,7 @@ def constant_tensor() -> None:
 def attribute_int() -> None:
     """fx target of a module's int attribute read by forward (``self.num_heads``);
     ``node.meta["attr"]`` is ``(module qualname, attribute name)``. Never called: shape propagation
-    reads the attribute itself (``trace._ShapeRecorder``)."""
+    reads the attribute itself (``shapes.record_shapes``)."""
     raise RuntimeError("attribute_int is a graph marker, not a function")
 
 

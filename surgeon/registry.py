@@ -34,13 +34,16 @@ class OpEntry:
     call, a key of ``layers.MAC_KINDS``; a layer's is its ``LayerSpec.macs``, else "elementwise".
     same_shape: the op's output has the shape and dtype of its one tensor input (activations,
     dropout): shape propagation on the meta device skips running it (several of torch's meta
-    kernels for these are Python decompositions costing milliseconds a call)."""
+    kernels for these are Python decompositions costing milliseconds a call). broadcast: the
+    output has the broadcast shape of the tensor operands (``a + b``, ``torch.mul``), which shape
+    propagation computes instead of running the op (see ``shapes.py``)."""
 
     rule: Optional[Callable[..., None]]
     layer: Optional[LayerSpec] = None
     shape_only: bool = False
     macs: Optional[str] = None
     same_shape: bool = False
+    broadcast: bool = False
 
     def __post_init__(self) -> None:
         if self.layer is not None:
@@ -75,13 +78,13 @@ def register_module(module_type: type, rule: Callable[..., None], layer: LayerSp
 
 
 def register_function(fn: Any, rule: Callable[..., None], shape_only: bool = False,
-                      macs: str | None = None, same_shape: bool = False) -> None:
+                      macs: str | None = None, same_shape: bool = False, broadcast: bool = False) -> None:
     """Register a function (``node.target`` of a ``call_function`` node). ``macs``: see
     ``layers.MAC_KINDS``; default: the kind the function already has, else "elementwise".
-    ``same_shape``: see ``OpEntry``."""
+    ``same_shape``, ``broadcast``: see ``OpEntry``."""
     old = _FUNCTIONS.get(fn)
     _FUNCTIONS[fn] = OpEntry(rule, shape_only=shape_only, macs=macs or (old.macs if old is not None else None),
-                             same_shape=same_shape)
+                             same_shape=same_shape, broadcast=broadcast)
 
 
 def register_method(name: str, rule: Callable[..., None], shape_only: bool = False,
@@ -153,6 +156,12 @@ _ARITHMETIC_FUNCTIONS = [
     torch.pow, torch.square, torch.maximum, torch.minimum, torch.where, torch.sin, torch.cos,
     torch.erf, torch.reciprocal,
 ]
+# binary ops whose output is the broadcast of their operands (OpEntry.broadcast)
+_BROADCAST_FUNCTIONS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
+    operator.itruediv, torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide,
+    torch.maximum, torch.minimum,
+}
 _ACTIVATION_FUNCTIONS = [
     torch.relu, torch.relu_, torch.sigmoid, torch.tanh,
     F.relu, F.relu_, F.relu6, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
@@ -175,7 +184,7 @@ for _fns, _rule, _kind, _same in [  # _same: output shape = input shape (OpEntry
     (_RESIZE_FUNCTIONS, rules.channelwise, "elementwise", False),
 ]:
     for _f in _fns:
-        register_function(_f, _rule, macs=_kind, same_shape=_same)
+        register_function(_f, _rule, macs=_kind, same_shape=_same, broadcast=_f in _BROADCAST_FUNCTIONS)
 for _f, _r, _kind in [
     (F.pad, rules.pad, "shape"), (torch.flatten, reshape.flatten, "shape"), (torch.squeeze, reshape.flatten, "shape"),
     (torch.unsqueeze, reshape.flatten, "shape"), (torch.reshape, reshape.view, "shape"),

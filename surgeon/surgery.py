@@ -210,14 +210,22 @@ def apply_removal(graph: "ChannelGraph", removed: dict[Pos, np.ndarray], inputs:
         m = submodule(model, qual)
         owners[id(m)] = m
     snap = Snapshot(list(owners.values()))
+    kept: dict[tuple[bytes, int, Any], torch.Tensor] = {}  # a group's tensors mostly lose the same indices
+
+    def keep_index(n: int, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+        key = (np.asarray(idx, dtype=np.int64).tobytes(), n, device)
+        if key not in kept:
+            keep = np.ones(n, dtype=bool)
+            keep[idx] = False
+            kept[key] = torch.as_tensor(np.flatnonzero(keep), device=device)
+        return kept[key]
+
     try:
         for path, dims in cuts.items():
             old = resolve_tensor(model, path)
             new = old.detach()
             for dim, idx in dims:
-                keep = np.ones(new.shape[dim], dtype=bool)
-                keep[idx] = False
-                new = new.index_select(dim, torch.as_tensor(np.flatnonzero(keep), device=new.device))
+                new = new.index_select(dim, keep_index(new.shape[dim], idx, new.device))
             if new.data_ptr() == old.data_ptr():
                 new = new.clone()  # only a dim with nothing removed: never share storage with `old`
             if isinstance(old, nn.Parameter):

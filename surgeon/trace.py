@@ -86,9 +86,11 @@ def trace(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = (
     check_sizes(g)
     groups = find_groups(g)
     notes = []
-    weights = {name for name, _ in model.named_parameters()}  # buffers alone (index tables) are no loss
+    weights: set[str] | None = None  # buffers alone (index tables) are no loss
     for gr in groups:
-        if gr.unexpected_fixes and gr.n > 1 and any(p.ref in weights for p in gr.params):
+        if gr.unexpected_fixes and gr.n > 1:
+            weights = weights if weights is not None else {name for name, _ in model.named_parameters()}
+        if gr.unexpected_fixes and gr.n > 1 and any(p.ref in weights for p in gr.params):  # type: ignore[operator]
             notes.append(f"group {gr.id} ({', '.join(gr.layers[:3])}) is frozen: {gr.frozen_reason()}")
     if warn:
         for note in notes:

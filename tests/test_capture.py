@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.fx.passes.shape_prop import TensorMetadata
 
 import surgeon
 from surgeon.capture import rerun_shapes, submodule, trace_fx
@@ -90,6 +91,53 @@ def test_recorded_shapes_match_a_real_forward():
             assert tuple(node.meta["tensor_meta"].shape) == shapes[str(node.target)], node
             seen += 1
     assert seen == len(shapes) == 8  # conv, 5 activations / dropout / identity, bn, fc
+
+
+class _Binary(nn.Module):
+    """Binary ops whose output shape is computed as a broadcast (OpEntry.broadcast), and operands
+    for which that shortcut must not be taken (integers, mixed dtypes): the op then runs."""
+
+    def forward(self, x, scale):
+        a = x + scale                       # (2, 4, 5, 5) + (1, 4, 1, 1)
+        b = torch.mul(a, 0.5) - x[:, :1]    # a Python number, then a (2, 1, 5, 5) operand
+        c = x.long() + 3                    # integers: runs (and stays int64)
+        d = x.half() * x[0, 0]              # mixed dtypes (float16 with float32): runs, promotes
+        b = b + x
+        return torch.maximum(b, scale), c, d
+
+
+def _real_outputs(model, *inputs):
+    """Each fx node's output shape and dtype from fx's own interpreter on real tensors."""
+    gm = torch.fx.symbolic_trace(model)
+    seen = {}
+
+    class Rec(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if isinstance(out, torch.Tensor):
+                seen[n.name] = (tuple(out.shape), out.dtype)
+            return out
+    Rec(gm).run(*inputs)
+    return seen
+
+
+def test_broadcast_shapes_without_running_match_torch_and_keep_dtypes():
+    x, scale = torch.randn(2, 4, 5, 5), torch.randn(1, 4, 1, 1)
+    traced = trace_fx(_Binary(), (x, scale), method="fx")
+    real = _real_outputs(_Binary(), x, scale)
+    recorded = {n.name: (tuple(n.meta["tensor_meta"].shape), n.meta["tensor_meta"].dtype)
+                for n in traced.gm.graph.nodes if isinstance(n.meta.get("tensor_meta"), TensorMetadata)}
+    assert recorded == real
+    assert len(real) >= 12 and real["add_1"][1] == torch.int64 and real["mul_1"][1] == torch.float32
+
+
+def test_shape_propagation_refuses_what_torch_refuses():
+    class Mismatch(nn.Module):
+        def forward(self, x, y):
+            return x * y  # (2, 3) * (2, 4)
+
+    with pytest.raises(surgeon.TraceFailure, match="Mismatch"):
+        trace_fx(Mismatch(), (torch.randn(2, 3), torch.randn(2, 4)), method="fx")
 
 
 def test_rerun_shapes_sees_the_pruned_model_and_reads_tensors_live():

@@ -110,7 +110,7 @@ def branch_widths(model: nn.Module, name: str) -> list[list[int]]:
 
 def pooled(monkeypatch) -> None:
     """Rank every concatenation as one pool, as before producers were told apart."""
-    monkeypatch.setattr(importlib.import_module("surgeon.plan"), "producer_parts", lambda *a, **k: None)
+    monkeypatch.setattr(importlib.import_module("surgeon.candidates"), "producer_parts", lambda *a, **k: None)
 
 
 @pytest.mark.parametrize("name", ["squeezenet", "googlenet"])
