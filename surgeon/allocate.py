@@ -72,6 +72,7 @@ class LatencyReport:
     probe: MultipleProbe
     rounds: list[LatencyRound] = field(default_factory=list)
     chosen: int = 0  # index into rounds of the plan kept
+    runtime: str = "onnxruntime"  # where it was measured (LatencySettings.runtime)
 
     @property
     def predicted_fraction(self) -> float:
@@ -82,7 +83,7 @@ class LatencyReport:
         return self.rounds[self.chosen].measured_fraction if self.rounds else None
 
     def __str__(self) -> str:
-        lines = [f"target_latency={self.requested_fraction:.3g} of {self.dense_ms:.2f} ms "
+        lines = [f"target_latency={self.requested_fraction:.3g} of {self.dense_ms:.2f} ms in {self.runtime} "
                  f"({self.requested_ms:.2f} ms): predicted {self.predicted_ms:.2f} ms "
                  f"({self.predicted_fraction:.1%}; one step less {self.one_step_less_ms:.2f} ms)"]
         m = self.measured_fraction
@@ -234,12 +235,12 @@ def plan_for_latency(graph: "ChannelGraph", cands: list[Candidate], lat: Latency
                      ) -> tuple[list[GroupCut], LatencyReport]:
     """Allocate for ``requested_ms``; then measure and re-allocate as the module docstring says.
     ``pruned(cuts)``: a pruned copy of the model (the planner passes one; the original stays)."""
-    from .latency import time_models_onnx
     step = round_to or lat.probe.multiple
     dense = lat.dense_ms
     want = requested_ms / dense
-    report = LatencyReport(requested_ms, want, dense, 0.0, 0.0, step, lat.calibration, lat.probe)
-    timer = settings.time_models or (lambda ms, x, th: time_models_onnx(ms, x, th, settings.runs))
+    report = LatencyReport(requested_ms, want, dense, 0.0, 0.0, step, lat.calibration, lat.probe,
+                           runtime=settings.runtime)
+    timer = settings.model_timer()
     goal, best, best_err = requested_ms, None, math.inf
     for r in range(max(1, settings.rounds)):
         try:

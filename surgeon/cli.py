@@ -294,6 +294,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
                "latency_ms": {k: {m: t.median_ms for m, t in v.items()} for k, v in latency.items()},
                "latency_runs": args.runs, "threads": args.threads, "trace_prune_s": prune_s,
                "files": {k: str(v) for k, v in files.items()}}
+    if args.target_latency is not None:  # the latency target: where it was measured, what was reached
+        r = p.target
+        summary["latency_target"] = {"runtime": args.latency_runtime, "requested_fraction": r.requested_fraction,
+                                     "predicted_fraction": r.predicted_fraction,
+                                     "measured_fraction": r.measured_fraction, "rounds": len(r.rounds)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
     def row(name: str, a: float, b: float, fmt: Any) -> list[str]:
@@ -327,7 +332,7 @@ def _latency_settings(args: argparse.Namespace, kwargs: dict[str, Any]) -> dict[
     if not any(k in kwargs for k in _LATENCY_KEYS):
         return {}
     from .latency import LatencySettings
-    return {"latency": LatencySettings(threads=args.threads, progress=not args.quiet)}
+    return {"latency": LatencySettings(runtime=args.latency_runtime, threads=args.threads, progress=not args.quiet)}
 
 
 # -------------------------------------------------------------------------------------- bench
@@ -407,6 +412,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import PackageNotFoundError, version
 
+    from .lut import RUNTIMES
+
     try:
         ver = version("surgeon")
     except PackageNotFoundError:
@@ -456,11 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-params", type=_fraction, metavar="F", help="instead of --ratio: keep this "
                    "fraction of the parameters, in (0, 1]")
     p.add_argument("--target-latency", type=_latency_target, metavar="F|Nms",
-                   help="instead of --ratio: reach this ONNX Runtime CPU latency, a fraction of the dense model's "
+                   help="instead of --ratio: reach this latency in --latency-runtime, a fraction of the dense model's "
                    "(0.5) or milliseconds (12ms), measured with --threads at the input shape's batch. Channels go "
                    "where they cost the least importance per ms saved; layer timings are cached per machine "
                    "(~/.cache/surgeon/latency or $SURGEON_CACHE_DIR); the pruned model is measured and re-planned "
                    "while it misses by over 10%%")
+    p.add_argument("--latency-runtime", choices=tuple(RUNTIMES), default="onnxruntime",
+                   help="where --target-latency is measured: onnxruntime (ONNX Runtime CPU, default) or torch "
+                   "(eager on the CPU); each has its own layer-timing cache")
     p.add_argument("--criterion", default="l1", help="channel importance: l1 (default), l2, ... (see surgeon.CRITERIA)")
     p.add_argument("--scope", default="local", help="local (same ratio in every group, default) or global")
     p.add_argument("--ignore", action="append", metavar="NAME",

@@ -14,17 +14,21 @@
   (each standalone layer pays layout conversions a whole model shares), the layer terms are scaled
   down instead and memory-bound terms get nothing. ``Calibration`` reports which.
 
+Runtimes (``LatencySettings.runtime``, ``lut.RUNTIMES``): ``"onnxruntime"`` (CPU, the default) or
+``"torch"`` (eager, CPU). Layers, the dense model and the pruned plans are all measured in that
+runtime, and its tables are cached apart from the other's.
+
 Channel counts: on ONNX Runtime's x86 CPU kernels a count that is not a multiple of the SIMD block
 can cost *more* than the next multiple up (a slower kernel path). ``probe_multiple`` measures this
-on the model's own widest layers rather than assuming it, and the latency allocation then moves in
-steps of the measured multiple.
+on the model's own widest layers rather than assuming it (in whichever runtime is targeted), and the
+latency allocation then moves in steps of the measured multiple.
 """
 from __future__ import annotations
 
 import math
 import tempfile
-import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
@@ -36,13 +40,13 @@ from torch.fx.passes.shape_prop import TensorMetadata
 from .count import count
 from .graph import iter_module_calls, layer_positions
 from .indexmap import Pos
-from .lut import CacheKey, LatencyTable, Measure, Sample, Signature
+from .lut import CacheKey, LatencyTable, Measure, Sample, Signature, check_runtime
 
 if TYPE_CHECKING:
     from .trace import ChannelGraph
 
 __all__ = ["LatencySettings", "LatencyModel", "Calibration", "MultipleProbe", "build_latency_model",
-           "time_models_onnx", "layer_signature"]
+           "measure_models", "time_models_onnx", "layer_signature"]
 
 GRID = (1.0, 0.75, 0.5, 0.25, 0.1)  # sampled fractions of a layer's original channel count
 ALIGN = 16                          # grid counts are multiples of this (the fast path, see the docstring)
@@ -55,17 +59,23 @@ class LatencySettings:
     """How latency is measured and targets are checked. The callables exist so tests can inject
     fake timings (unit tests never time anything).
 
-    threads: intra-op threads of the runtime (2: benchmarks on shared machines pin it).
+    runtime: where latency is measured and targeted: ``"onnxruntime"`` (CPU, default) or ``"torch"``
+        (eager on the CPU; ``lut.RUNTIMES``). Anything else is a ``ValueError``.
+    threads: intra-op threads of the runtime (2: benchmarks on shared machines pin it). torch's
+        process-wide count is set only while torch is timed, and restored.
     refresh: re-measure the lookup table even when the cache has it.
     rounds / tolerance: after planning, the pruned model is measured; while measured latency is off
         the target by more than ``tolerance`` (relative), the goal is corrected by measured /
         predicted and channels re-allocated, at most ``rounds`` plans in all.
     multiple: channel step of the allocation; None measures it (``probe_multiple``).
-    measure_layers(samples, threads) -> ms: times lookup-table samples (default ``lut.measure_onnx``).
+    measure_layers(samples, threads) -> ms: times lookup-table samples (default: the runtime's,
+        ``lut.measure_onnx`` or ``lut.measure_torch``).
     time_models(models, inputs, threads) -> ms: times whole models side by side (default
-        ``time_models_onnx``); ``check=False`` skips measuring the plan (prediction only).
+        ``measure_models`` in the runtime, see ``model_timer``); ``check=False`` skips measuring the
+        plan (prediction only).
     """
 
+    runtime: str = "onnxruntime"
     threads: int = 2
     refresh: bool = False
     rounds: int = 3
@@ -77,6 +87,13 @@ class LatencySettings:
     check: bool = True
     progress: bool = True
     runs: int = 20
+
+    def __post_init__(self) -> None:
+        check_runtime(self.runtime)
+
+    def model_timer(self) -> TimeModels:
+        """``time_models``, or by default ``measure_models`` in ``runtime`` with ``runs`` rounds."""
+        return self.time_models or partial(measure_models, runtime=self.runtime, runs=self.runs)
 
 
 @dataclass(frozen=True)
@@ -352,37 +369,34 @@ def probe_multiple(model: LatencyModel, table: LatencyTable) -> MultipleProbe:
 
 
 # --------------------------------------------------------------------------------- whole models
+def measure_models(models: Sequence[nn.Module], inputs: Any, threads: int, runtime: str = "onnxruntime",
+                   runs: int = 20, min_seconds: float = 1.5, sessions: int = 3) -> list[float]:
+    """Median ms of each model in ``runtime`` (for ONNX Runtime exported once to a temporary folder),
+    side by side (``timing.time_models``, which restores the torch thread count and train flags).
+
+    Timed ``sessions`` times (ONNX Runtime: each time in fresh sessions), over at least ``runs``
+    rounds and at least ``min_seconds`` of the first model's time (capped at 400 rounds); the result
+    is the median over the sessions of each model's median. On this shared 2-core machine one timing
+    is not enough: 20 runs of an 11 ms MobileNetV2 last 0.2 s (a burst of another process moved the
+    median by 10%), and the same ResNet-50 plan measured 0.55 and 0.62 of dense in two sessions a
+    minute apart."""
+    from .export import export_onnx
+    from .timing import time_models
+
+    backend = check_runtime(runtime).backend
+    named = {f"m{i}": m for i, m in enumerate(models)}
+    with tempfile.TemporaryDirectory(prefix="surgeon-latency-") as tmp:
+        files = ({n: export_onnx(m, inputs, Path(tmp) / f"{n}.onnx", check=False) for n, m in named.items()}
+                 if backend == "ort" else None)
+        t = time_models(named, inputs, backend, files=files, threads=threads, runs=runs, warmup=3,
+                        min_seconds=min_seconds, sessions=sessions)
+    return [t[n].median_ms for n in named]
+
+
 def time_models_onnx(models: Sequence[nn.Module], inputs: Any, threads: int, runs: int = 20,
                      min_seconds: float = 1.5, sessions: int = 3) -> list[float]:
-    """Median ms of each model in ONNX Runtime (exported once to a temporary folder), side by side.
-
-    Timed ``sessions`` times, each time in fresh sessions, over at least ``runs`` rounds and at least
-    ``min_seconds`` of the first model's time (capped at 400 rounds); the result is the median over
-    the sessions of each model's median. On this shared 2-core machine one timing is not enough:
-    20 runs of an 11 ms MobileNetV2 last 0.2 s (a burst of another process moved the median by 10%),
-    and the same ResNet-50 plan measured 0.55 and 0.62 of dense in two sessions a minute apart."""
-    from .export import export_onnx
-    from .runtime import onnx_session
-    from .timing import ort_runner, time_side_by_side
-
-    if sessions < 1:
-        raise ValueError(f"sessions must be >= 1, got {sessions}")
-    per_session: list[list[float]] = []
-    with tempfile.TemporaryDirectory(prefix="surgeon-latency-") as tmp:
-        x = inputs if not isinstance(inputs, (tuple, list)) else inputs[0]
-        paths = [export_onnx(m, inputs, Path(tmp) / f"m{i}.onnx", check=False) for i, m in enumerate(models)]
-        for k in range(sessions):
-            fns = {i: ort_runner(onnx_session(path, threads=threads), x) for i, path in enumerate(paths)}
-            first = fns[0]
-            first()  # warm, then time one call to size the run
-            t0 = time.perf_counter()
-            first()
-            one = time.perf_counter() - t0
-            n = min(400, max(runs, math.ceil(min_seconds / max(one, 1e-4))))
-            t = time_side_by_side(fns, runs=n, warmup=3, seed=k)
-            per_session.append([t[i].median_ms for i in range(len(models))])
-            del fns
-    return [float(np.median([row[i] for row in per_session])) for i in range(len(models))]
+    """``measure_models`` in ONNX Runtime (the name ``benchmarks/latency_targets.py`` uses)."""
+    return measure_models(models, inputs, threads, "onnxruntime", runs, min_seconds, sessions)
 
 
 def _input_shape(inputs: Any) -> tuple[int, ...]:
@@ -395,12 +409,11 @@ def _input_shape(inputs: Any) -> tuple[int, ...]:
 def build_latency_model(graph: "ChannelGraph", settings: LatencySettings) -> LatencyModel:
     """Measure (or read from the cache) every layer's table, probe the channel multiple, measure
     the dense model and calibrate."""
-    key = CacheKey.current(settings.threads, _input_shape(graph.traced.inputs))
+    key = CacheKey.current(settings.threads, _input_shape(graph.traced.inputs), settings.runtime)
     table = LatencyTable(key, settings.measure_layers, settings.cache_dir, settings.refresh, settings.progress)
     model = LatencyModel(graph, table)
     model.probe = probe_multiple(model, table) if settings.multiple is None else MultipleProbe(settings.multiple)
-    timer = settings.time_models or (lambda ms, x, th: time_models_onnx(ms, x, th, settings.runs))
-    dense = float(timer([graph.model], graph.traced.inputs, settings.threads)[0])
+    dense = float(settings.model_timer()([graph.model], graph.traced.inputs, settings.threads)[0])
     if not math.isfinite(dense) or dense <= 0:
         raise ValueError(f"the dense model's measured latency must be a positive number of ms, got {dense!r}")
     model.calibrate(dense)

@@ -6,13 +6,19 @@ its output-channel group. Halving both leaves a quarter of the work, so one curv
 would predict 0 where a quarter remains (HALP, Shen et al. 2022, measure each layer on a grid of
 (c_in, c_out) and interpolate; so do we).
 
-What a sample is: one layer alone, as a one-node ONNX model (built with ``onnx.helper``, no torch
-export), at the layer's real input size and batch and a sampled (c_in, c_out). Its ``Signature``
-(op, kernel, stride, padding, dilation, depthwise or not, input spatial size, batch, bias) is the
-cache key, so the repeated blocks of a ResNet stage are measured once. All samples of one signature
-are timed side by side (``timing.time_side_by_side``: interleaved rounds, medians), and the time of
-an empty session run (an Identity on one float) is subtracted, since inside a whole model a layer
-does not pay ``session.run``'s fixed cost.
+What a sample is: one layer alone, at the layer's real input size and batch and a sampled
+(c_in, c_out), in the target runtime (``RUNTIMES``). Its ``Signature`` (op, kernel, stride, padding,
+dilation, depthwise or not, input spatial size, batch, bias) is the cache key, so the repeated blocks
+of a ResNet stage are measured once. All samples of one signature are timed side by side
+(``timing.time_side_by_side``: interleaved rounds, medians).
+
+- ``"onnxruntime"`` (``measure_onnx``): a one-node ONNX model (built with ``onnx.helper``, no torch
+  export) in a CPU session; the time of an empty session run (an Identity on one float) is
+  subtracted, since inside a whole model a layer does not pay ``session.run``'s fixed cost.
+- ``"torch"`` (``measure_torch``): the torch module alone (``nn.Conv2d`` / ``ConvTranspose2d`` /
+  ``Linear``, 1-d and 3-d alike) in eager mode on the CPU, all calls under one
+  ``torch.inference_mode``; nothing is subtracted, since inside an eager model every layer pays its
+  own module call.
 
 The cache is one JSON file per ``CacheKey`` (CPU model, core count, runtime and version, threads,
 batch and input shape) under ``$SURGEON_CACHE_DIR`` or ``~/.cache/surgeon/latency/``; a file
@@ -26,11 +32,12 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Signature", "Sample", "CacheKey", "LatencyTable", "measure_onnx", "cache_dir", "FORMAT"]
+__all__ = ["Signature", "Sample", "CacheKey", "LatencyTable", "Runtime", "RUNTIMES", "check_runtime", "measure_onnx",
+           "measure_torch", "cache_dir", "FORMAT"]
 
 FORMAT = 1  # bump when a sample's meaning changes: older files are then re-measured
 OPSET = 17
@@ -93,9 +100,10 @@ class CacheKey:
 
     @classmethod
     def current(cls, threads: int, input_shape: Sequence[int], runtime: str = "onnxruntime") -> "CacheKey":
-        import onnxruntime as ort
+        """This machine's key for ``runtime`` (one of ``RUNTIMES``), with that runtime's version."""
+        rt = check_runtime(runtime)
         shape = tuple(int(s) for s in input_shape)
-        return cls(_cpu_name(), os.cpu_count() or 1, runtime, ort.__version__, int(threads), shape[0], shape)
+        return cls(_cpu_name(), os.cpu_count() or 1, rt.name, rt.version(), int(threads), shape[0], shape)
 
     def digest(self) -> str:
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -109,17 +117,51 @@ def cache_dir() -> Path:
 Measure = Callable[[Sequence[Sample], int], Sequence[float]]
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """One runtime latency can be measured in: the one place that says how."""
+
+    name: str                       # LatencySettings(runtime=...) and CacheKey.runtime
+    backend: str                    # how timing.time_models runs whole models: "ort" or "torch"
+    version: Callable[[], str]      # part of the cache key: an upgrade re-measures
+    measure: Callable[[], Measure]  # the layer timing (a callable returning it: resolved when used)
+
+
+def _ort_version() -> str:
+    import onnxruntime as ort
+    return ort.__version__
+
+
+def _torch_version() -> str:
+    import torch
+    return torch.__version__
+
+
+RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
+    Runtime("onnxruntime", "ort", _ort_version, lambda: measure_onnx),
+    Runtime("torch", "torch", _torch_version, lambda: measure_torch),
+)}
+
+
+def check_runtime(runtime: str) -> Runtime:
+    """The ``RUNTIMES`` entry named ``runtime``; ``ValueError`` naming the choices otherwise."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown latency runtime {runtime!r}; choose from {', '.join(map(repr, RUNTIMES))}")
+    return RUNTIMES[runtime]
+
+
 class LatencyTable:
     """Measured milliseconds per ``Sample`` for one ``CacheKey``, backed by a JSON file.
 
-    ``measure(samples, threads) -> ms`` does the timing (``measure_onnx`` by default; tests inject a
-    fake one and count its calls). ``ensure`` measures only what the file does not hold yet."""
+    ``measure(samples, threads) -> ms`` does the timing (by default the key's runtime's, ``measure_onnx``
+    or ``measure_torch``; tests inject a fake one and count its calls). ``ensure`` measures only what
+    the file does not hold yet."""
 
     def __init__(self, key: CacheKey, measure: Optional[Measure] = None, directory: Optional[Path] = None,
                  refresh: bool = False, progress: bool = True) -> None:
         self.key = key
         self.progress = progress
-        self.measure = measure or measure_onnx
+        self.measure = measure or check_runtime(key.runtime).measure()
         self.path = Path(directory or cache_dir()) / f"{key.runtime}-{key.digest()}.json"
         self.ms: dict[str, float] = {}
         self.measured = 0  # samples measured by this instance (not read from the cache)
@@ -241,3 +283,58 @@ def measure_onnx(samples: Sequence[Sample], threads: int, runs: int = 15, warmup
     t = time_side_by_side(fns, runs=runs, warmup=warmup)
     base = t["empty"].median_ms
     return [max(t[i].median_ms - base, 1e-4) for i in range(len(samples))]
+
+
+# ------------------------------------------------------------------------------------ torch timing
+def _layer_call(s: Sample) -> Callable[[], Any]:
+    """A no-argument call of the layer as a torch module on the CPU (random weights, eval mode) on
+    its input. ONNX pads that differ between the two ends (``padding="same"`` with an even kernel)
+    are applied with ``F.pad`` first, as torch does inside such a conv."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    sig, cin, cout = s.sig, s.cin, s.cout
+    g = torch.Generator().manual_seed(1)
+    if sig.op == "Gemm":
+        module: nn.Module = nn.Linear(cin, cout, bias=sig.bias)
+        x = torch.randn(sig.batch, cin, generator=g)
+    elif sig.op in ("Conv", "ConvTranspose"):
+        n = len(sig.kernel)
+        if n not in (1, 2, 3):
+            raise ValueError(f"cannot build a {n}-d {sig.op} in torch (1-d, 2-d or 3-d): {sig.key()}")
+        begin, end = sig.pads[:n], sig.pads[n:]
+        even = tuple(min(a, b) for a, b in zip(begin, end))
+        if sig.op == "Conv":
+            cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[n - 1]
+            module = cls(cin, cout, sig.kernel, sig.stride, even, sig.dilation, groups=cin if sig.depthwise else 1,
+                         bias=sig.bias)
+        else:
+            if begin != end:
+                raise ValueError(f"a ConvTranspose with uneven pads has no torch module: {sig.key()}")
+            cls = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[n - 1]
+            module = cls(cin, cout, sig.kernel, sig.stride, even, dilation=sig.dilation, bias=sig.bias)
+        x = torch.randn(sig.batch, cin, *sig.spatial, generator=g)
+        # what the even padding leaves, for F.pad (last dim first, begin then end): ONNX pads
+        # (0, 0, 1, 1) (begins H, W; ends H, W) -> even (0, 0), extra [0, 1, 0, 1] (W: 0 | 1, H: 0 | 1)
+        extra = [v for d in reversed(range(n)) for v in (begin[d] - even[d], end[d] - even[d])]
+        if any(extra):
+            module.eval()
+            return lambda m=module, x=x: m(F.pad(x, extra))
+    else:
+        raise ValueError(f"no torch module for op {sig.op!r} (Conv, ConvTranspose or Gemm)")
+    module.eval()
+    return lambda m=module, x=x: m(x)
+
+
+def measure_torch(samples: Sequence[Sample], threads: int, runs: int = 15, warmup: int = 3) -> list[float]:
+    """Median ms of each sample as a torch module alone in eager mode on the CPU, all timed side by
+    side under ``torch.inference_mode`` with ``threads`` torch threads (the previous count restored)."""
+    import torch
+
+    from .timing import time_side_by_side, torch_threads
+
+    fns = {i: _layer_call(s) for i, s in enumerate(samples)}
+    with torch_threads(threads), torch.inference_mode():
+        t = time_side_by_side(fns, runs=runs, warmup=warmup)
+    return [max(t[i].median_ms, 1e-4) for i in range(len(samples))]

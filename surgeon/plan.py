@@ -380,7 +380,8 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
         removal order (one channel in global scope; the next common ratio in local scope; with
         round_to, round_to channels) would keep more. ``Plan.target`` reports both figures.
     target_latency / target_latency_ms: instead of a ratio, a latency to reach: a fraction in (0, 1]
-        of the dense model's latency measured on ONNX Runtime CPU, or milliseconds. Channels are
+        of the dense model's latency measured in ``latency.runtime`` (ONNX Runtime CPU by default,
+        or torch eager), or milliseconds. Channels are
         allocated across groups to lose the least importance per millisecond saved (see
         ``surgeon.allocate``; ``scope`` does not apply), predicted from a cached per-layer lookup
         table (``surgeon.latency``), then the pruned model is measured and re-allocated while it

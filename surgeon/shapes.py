@@ -177,7 +177,7 @@ class _ShapeRecorder:
                 if self.on_meta and isinstance(value, torch.Tensor):
                     value = value.to("meta")
             else:
-                how, mod = plan[n]
+                how, mod = plan[n.name]
                 args = map_arg(n.args, lookup)
                 kwargs = map_arg(n.kwargs, lookup)
                 value = self._value(n, args, kwargs, how, mod)  # type: ignore[arg-type]
@@ -207,17 +207,17 @@ def _spec_shape(mod: nn.Module, x: torch.Tensor) -> tuple[int, ...] | None:
     return output_shape(mod, (x,), {})
 
 
-def _node_plan(gm: "RecordedGraph", model: nn.Module) -> dict[fx.Node, tuple[str, nn.Module | None]]:
+def _node_plan(gm: "RecordedGraph", model: nn.Module) -> dict[str, tuple[str, nn.Module | None]]:
     """Per call node: how its output is found on meta, and its module. Decided once per graph
     (surgery changes tensors, never the graph or the modules' types), kept on ``gm``."""
-    plan = gm.__dict__.get("_shape_plan")
-    if plan is None or plan[0] is not model:
+    plan = gm.__dict__.get("_shape_plan")  # by node name: a deep copy's nodes are new objects
+    if plan is None or plan[0] is not model or plan[1] is not gm.graph:
         nodes = {}
         for n in gm.graph.nodes:
             mod = _fetch(model, gm, str(n.target)) if n.op == "call_module" else None
-            nodes[n] = (_how(n, mod), mod)
-        plan = gm.__dict__["_shape_plan"] = (model, nodes)
-    return plan[1]
+            nodes[n.name] = (_how(n, mod), mod)
+        plan = gm.__dict__["_shape_plan"] = (model, gm.graph, nodes)
+    return plan[2]
 
 
 def _last_uses(gm: "RecordedGraph") -> dict[fx.Node, list[fx.Node]]:
@@ -236,7 +236,7 @@ def record_shapes(gm: "RecordedGraph", model: nn.Module, args: tuple, into: dict
     """Run ``gm`` on positional ``args`` and note every node's output metadata (on the nodes, or
     ``into``). On the meta device unless a leaf is a module surgeon does not know."""
     plan = _node_plan(gm, model)
-    on_meta = all(n.op != "call_module" or _known(n, mod) for n, (how, mod) in plan.items())
+    on_meta = all(n.op != "call_module" or _known(n, plan[n.name][1]) for n in gm.graph.nodes)
     with torch.no_grad():
         if on_meta:
             try:

@@ -225,3 +225,19 @@ def test_constants_fx_makes_while_tracing_survive_for_the_check_after_surgery():
     assert m.a.out_channels == 4
     clone = copy.deepcopy(plan.graph.traced.gm)  # a traced graph copies (plans are deep-copied to trial them)
     assert clone.graph is not plan.graph.traced.gm.graph
+
+
+def test_a_deep_copied_trace_propagates_shapes_through_its_own_modules():
+    """copy.deepcopy of a trace (the latency allocation prunes copies of a plan) re-runs on the
+    copy's modules and nodes, not on the original's."""
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    x = torch.randn(1, 3, 8, 8)
+    traced = trace_fx(m, x, method="fx")
+    assert rerun_shapes(traced)["_0"].shape[1] == 8  # the first run caches how each node is shaped
+    twin = copy.deepcopy(traced)
+    conv = twin.model[0]
+    conv.out_channels, conv.weight, conv.bias = 6, nn.Parameter(conv.weight[:6]), nn.Parameter(conv.bias[:6])
+    conv2 = twin.model[2]
+    conv2.in_channels, conv2.weight = 6, nn.Parameter(conv2.weight[:, :6])
+    assert rerun_shapes(twin)["_0"].shape[1] == 6
+    assert rerun_shapes(traced)["_0"].shape[1] == 8

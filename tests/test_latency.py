@@ -112,9 +112,10 @@ def test_cache_same_key_measures_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("change", [{"threads": 1}, {"batch": 4, "input_shape": (4, 3, 8, 8)},
-                                    {"version": "2.0"}, {"cpu": "other"}, {"cores": 8}])
+                                    {"version": "2.0"}, {"cpu": "other"}, {"cores": 8},
+                                    {"runtime": "torch"}])
 def test_cache_other_key_measures_again(tmp_path, change):
-    """Any change of the key (threads, batch, runtime version, machine) re-measures."""
+    """Any change of the key (threads, batch, runtime or its version, machine) re-measures."""
     LatencyTable(key(), CountingMeasure(), tmp_path, progress=False).ensure([Sample(SIG, 16, 16)])
     m = CountingMeasure()
     LatencyTable(key(**change), m, tmp_path, progress=False).ensure([Sample(SIG, 16, 16)])
@@ -242,3 +243,149 @@ def test_iterative_latency_steps(tmp_path):
     assert fake_model_ms(model, X) <= 0.4 * dense + 1e-9
     with pytest.raises(ValueError, match="target_latency_ms needs steps=1"):
         surgeon.prune_iteratively(Net(), X, target_latency_ms=1.0, steps=2)
+
+
+# ------------------------------------------------------------------------------------- runtimes
+OTHER_THREADS = 1 if torch.get_num_threads() != 1 else 2  # a count that differs from the current one
+
+
+def test_cache_key_per_runtime(tmp_path):
+    """Each runtime's key holds its own name and version, so its table lives in its own file."""
+    import onnxruntime
+    ort_key = CacheKey.current(2, (1, 3, 8, 8))
+    torch_key = CacheKey.current(2, (1, 3, 8, 8), "torch")
+    assert (ort_key.runtime, ort_key.version) == ("onnxruntime", onnxruntime.__version__)
+    assert (torch_key.runtime, torch_key.version) == ("torch", torch.__version__)
+    assert ort_key.digest() != torch_key.digest()
+    paths = {LatencyTable(k, CountingMeasure(), tmp_path, progress=False).path for k in (ort_key, torch_key)}
+    assert len(paths) == 2 and {p.name.split("-")[0] for p in paths} == {"onnxruntime", "torch"}
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda: LatencySettings(runtime="tvm"), id="settings"),
+    pytest.param(lambda: CacheKey.current(2, (1, 3, 8, 8), "tvm"), id="cache-key"),
+    pytest.param(lambda: LatencyTable(key(runtime="tvm")), id="table-default-measure"),
+])
+def test_bad_runtime(make):
+    with pytest.raises(ValueError, match=r"unknown latency runtime 'tvm'; choose from 'onnxruntime', 'torch'"):
+        make()
+
+
+@pytest.mark.parametrize(("module", "shape"), [
+    pytest.param(nn.Conv2d(8, 16, 3, stride=2, padding=1), (2, 8, 9, 9), id="conv-stride"),
+    pytest.param(nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=8, bias=False), (1, 8, 8, 8), id="depthwise"),
+    pytest.param(nn.Conv2d(4, 8, 4, padding="same"), (1, 4, 7, 7), id="uneven-same-pads",
+                 marks=pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")),
+    pytest.param(nn.Conv1d(4, 8, 3, padding=1), (1, 4, 10), id="conv1d"),
+    pytest.param(nn.ConvTranspose2d(8, 4, 2, stride=2), (1, 8, 5, 5), id="conv-transpose"),
+    pytest.param(nn.Linear(12, 5), (2, 3, 12), id="linear-3d"),
+])
+def test_torch_layer_is_the_layer(module, shape):
+    """The module measure_torch times computes what the layer computes: same output shape, from
+    the layer's own signature and counts."""
+    from surgeon.latency import layer_signature
+    from surgeon.lut import _layer_call
+    x = torch.randn(shape)
+    sig, cin, cout = layer_signature(module, shape)
+    with torch.no_grad():
+        want = module(x).shape
+        got = _layer_call(Sample(sig, cin, cout))().shape
+    rows = math.prod(shape[:-1])
+    assert got == (torch.Size([rows, want[-1]]) if isinstance(module, nn.Linear) else want)
+
+
+def test_measure_torch_one_time_per_sample_and_threads_restored():
+    """A tiny real timing (a 1x1 conv, 2 runs): one positive time per sample; the thread count is
+    the same afterwards. The values themselves are not checked (the machine is noisy)."""
+    from surgeon.lut import measure_torch
+    sig = Signature("Conv", (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), False, (4, 4), 1, True)
+    before = torch.get_num_threads()
+    ms = measure_torch([Sample(sig, 4, 4), Sample(sig, 4, 8), Sample(sig, 8, 8)], OTHER_THREADS, runs=2, warmup=1)
+    assert len(ms) == 3 and all(t > 0 for t in ms)
+    assert torch.get_num_threads() == before
+
+
+def test_measure_torch_times_with_the_threads_in_inference_mode(monkeypatch):
+    """While the samples are timed: ``threads`` torch threads, inference mode; each callable runs."""
+    import surgeon.timing
+    from surgeon.lut import measure_torch
+    from surgeon.timing import Timing
+    seen = []
+
+    def fake(fns, runs, warmup):
+        seen.append((torch.get_num_threads(), torch.is_inference_mode_enabled()))
+        outs = [fn() for fn in fns.values()]
+        assert [o.shape[1] for o in outs] == [4, 8]
+        return {n: Timing(float(i + 1), 0.0, 0.0, runs) for i, n in enumerate(fns)}
+
+    monkeypatch.setattr(surgeon.timing, "time_side_by_side", fake)
+    sig = Signature("Conv", (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), False, (4, 4), 1, True)
+    before = torch.get_num_threads()
+    assert measure_torch([Sample(sig, 4, 4), Sample(sig, 4, 8)], OTHER_THREADS) == [1.0, 2.0]
+    assert seen == [(OTHER_THREADS, True)] and torch.get_num_threads() == before
+
+
+def padded_ms(sig: Signature, cin: int, cout: int) -> float:
+    """``fake_ms`` with output channels paid in blocks of 16 (a kernel that pads)."""
+    return fake_ms(sig, cin, cout if sig.depthwise else -(-cout // 16) * 16)
+
+
+def test_plan_in_torch_runtime(tmp_path, monkeypatch):
+    """runtime="torch" end to end with faked timings: the layers go to measure_torch (never to ONNX
+    Runtime), the probe finds the fake's step of 16 on the torch table, whole models are timed with
+    the torch backend and no ONNX export, the table file is the torch one; the plan is verified."""
+    import surgeon.lut
+    import surgeon.timing
+    from surgeon.timing import Timing
+    layers: list[Sample] = []
+    backends: list[tuple[str, object]] = []
+
+    def fake_measure(samples, threads):
+        layers.extend(samples)
+        return [padded_ms(s.sig, s.cin, s.cout) for s in samples]
+
+    def no_onnx(samples, threads):
+        raise AssertionError("an ONNX Runtime measurement in a torch-runtime plan")
+
+    def fake_time_models(models, x, backend, *, files=None, **kw):
+        backends.append((backend, files))
+        return {n: Timing(fake_model_ms(m, x), 0.0, 0.0, 1) for n, m in models.items()}
+
+    monkeypatch.setattr(surgeon.lut, "measure_torch", fake_measure)
+    monkeypatch.setattr(surgeon.lut, "measure_onnx", no_onnx)
+    monkeypatch.setattr(surgeon.timing, "time_models", fake_time_models)
+    model = Net().eval()
+    dense = fake_model_ms(model, X)
+    p = surgeon.plan(model, X, target_latency=0.5,
+                     latency=settings(tmp_path, runtime="torch", measure_layers=None, time_models=None, multiple=None))
+    rep = p.target
+    assert layers and rep.probe.multiple == 16 and rep.step == 16
+    assert backends and set(backends) == {("torch", None)}
+    assert [f.name.split("-")[0] for f in tmp_path.glob("*.json")] == ["torch"]
+    assert rep.dense_ms == pytest.approx(dense)
+    assert rep.measured_fraction is not None and abs(rep.measured_fraction / 0.5 - 1) <= 0.1
+    p.apply(verify=True)
+    assert fake_model_ms(model, X) == pytest.approx(rep.rounds[rep.chosen].measured_ms)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+def test_measure_models_times_in_the_runtime(runtime, monkeypatch):
+    """measure_models: ONNX Runtime gets exported files, torch none; 3 sessions of >= 1.5 s by
+    default; one median per model, in order. time_models_onnx is measure_models in ONNX Runtime."""
+    import surgeon.timing
+    from surgeon.latency import measure_models, time_models_onnx
+    from surgeon.timing import Timing
+    calls = []
+
+    def fake(models, x, backend, *, files=None, threads, runs, warmup, min_seconds, sessions):
+        calls.append((backend, files and all(f.is_file() for f in files.values()), threads, runs, min_seconds,
+                      sessions))
+        return {n: Timing(float(i + 1), 0.0, 0.0, runs) for i, n in enumerate(models)}
+
+    monkeypatch.setattr(surgeon.timing, "time_models", fake)
+    models = [Net().eval(), Net().eval()]
+    assert measure_models(models, X, 2, runtime, runs=7) == [1.0, 2.0]
+    backend = {"onnxruntime": "ort", "torch": "torch"}[runtime]
+    assert calls == [(backend, True if runtime == "onnxruntime" else None, 2, 7, 1.5, 3)]
+    if runtime == "onnxruntime":
+        assert time_models_onnx(models, X, 2, runs=7) == [1.0, 2.0] and calls[1] == calls[0]

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import surgeon
+import surgeon.export  # noqa: F401  binds runtime.onnx_session now: its own check sessions are not counted below
 import surgeon.runtime
+import surgeon.timing
 import surgeon_models as zoo
 from surgeon.timing import Timing, side_by_side, time_side_by_side
 
@@ -94,3 +96,67 @@ def test_side_by_side_times_torch_alone_without_files(dense_and_pruned):
 def test_side_by_side_rejects_bad_arguments(dense_and_pruned, onnx, backends, match):
     with pytest.raises(ValueError, match=match):
         side_by_side(dense_and_pruned, X, onnx, backends=backends)
+
+
+# ------------------------------------------------------------------ time_models: one runtime, restored
+OTHER_THREADS = 1 if torch.get_num_threads() != 1 else 2  # a count that differs from the current one
+
+
+def test_torch_threads_sets_and_restores():
+    """Inside: the given count; after, also after an exception: the previous one."""
+    from surgeon.timing import torch_threads
+    before = torch.get_num_threads()
+    with torch_threads(OTHER_THREADS):
+        assert torch.get_num_threads() == OTHER_THREADS
+    assert torch.get_num_threads() == before
+    with pytest.raises(KeyError), torch_threads(OTHER_THREADS):
+        raise KeyError("inside")
+    assert torch.get_num_threads() == before
+
+
+def test_time_models_torch_restores_threads_and_modes():
+    """torch timing runs in eval mode with ``threads`` threads; afterwards each module has its own
+    train flag back (a frozen BatchNorm stays in eval) and the thread count is what it was."""
+    model = zoo.get("tinynet").train()
+    frozen = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)).eval()
+    seen: list[tuple[bool, int]] = []
+    model.register_forward_hook(lambda m, i, o: seen.append((m.training, torch.get_num_threads())))
+    before = torch.get_num_threads()
+    res = surgeon.timing.time_models({"a": model}, X, "torch", threads=OTHER_THREADS, runs=1, warmup=0)
+    assert res["a"].runs == 1 and res["a"].median_ms > 0
+    assert seen and set(seen) == {(False, OTHER_THREADS)}
+    assert torch.get_num_threads() == before
+    assert model.training and not frozen.training
+    assert sum(not m.training for m in model.modules()) == 1
+
+
+def test_side_by_side_leaves_the_thread_count(dense_and_pruned):
+    before = torch.get_num_threads()
+    side_by_side(dense_and_pruned, X, backends=["torch"], runs=1, warmup=0, threads=OTHER_THREADS)
+    assert torch.get_num_threads() == before
+
+
+def test_time_models_median_over_sessions(monkeypatch):
+    """sessions=3: three side-by-side timings (seeds 0, 1, 2); each statistic the median over them."""
+    seeds: list[int] = []
+
+    def fake(fns, runs, warmup, seed):  # session k: 10 + k ms, except session 1 which a burst slowed down
+        seeds.append(seed)
+        ms = [10.0, 50.0, 12.0][seed]
+        return {n: Timing(ms, ms - 1, ms + 1, runs) for n in fns}
+
+    monkeypatch.setattr(surgeon.timing, "time_side_by_side", fake)
+    res = surgeon.timing.time_models({"a": zoo.get("tinynet")}, X, "torch", runs=5, sessions=3)
+    assert seeds == [0, 1, 2]
+    assert res["a"] == Timing(12.0, 11.0, 13.0, 15)
+    assert Timing.median_of([res["a"]]) is res["a"]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    pytest.param({"backend": "tvm"}, r"unknown backend\(s\) \['tvm'\]; choose from torch, ort", id="backend"),
+    pytest.param({"backend": "torch", "sessions": 0}, "sessions must be >= 1, got 0", id="sessions"),
+    pytest.param({"backend": "ort"}, r"needs an ONNX path for every model; \['a'\] have none", id="ort-no-file"),
+])
+def test_time_models_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        surgeon.timing.time_models({"a": zoo.get("tinynet")}, X, **kwargs)
