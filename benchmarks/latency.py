@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-targets", metavar="F,F", help="run the latency-target section instead: for each "
                    "fraction, the latency-aware plan vs the uniform plan of the same measured latency (models "
                    "default resnet50,mobilenet_v2,resnet18; writes OUT/latency_targets.md and .json)")
+    p.add_argument("--latency-runtime", default="onnxruntime", choices=("onnxruntime", "torch"),
+                   help="with --latency-targets: where latency is measured and targeted (torch: eager, CPU; "
+                   "files OUT/latency_targets_torch.*)")
     args = p.parse_args(argv)
     args.models_given = args.models
     if args.quick:
@@ -114,7 +117,7 @@ def latency_targets_main(args: argparse.Namespace, argv: list[str] | None) -> in
         raise SystemExit(f"--latency-targets must be fractions in (0, 1], got {args.latency_targets}")
     command = "python benchmarks/latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = latency_targets.run(models, targets, args.threads, args.runs, Path(args.out) if args.out else None, command,
-                             lambda msg: print(msg, file=sys.stderr, flush=True))
+                             lambda msg: print(msg, file=sys.stderr, flush=True), args.latency_runtime)
     print(md)
     return 0
 

@@ -23,7 +23,7 @@ import torch
 import surgeon
 import surgeon_models as zoo
 from surgeon.allocate import importance_kept
-from surgeon.latency import LatencySettings, time_models_onnx
+from surgeon.latency import LatencySettings, measure_models
 
 DEFAULT_MODELS = ("resnet50", "mobilenet_v2", "resnet18")
 
@@ -33,13 +33,13 @@ def _removed(plan: surgeon.Plan) -> int:
 
 
 def _measured_fraction(dense: torch.nn.Module, pruned: torch.nn.Module, x: torch.Tensor, threads: int,
-                       runs: int) -> float:
-    d, p = time_models_onnx([dense, pruned], x, threads, runs)
+                       runs: int, runtime: str) -> float:
+    d, p = measure_models([dense, pruned], x, threads, runtime, runs)
     return p / d
 
 
 def _uniform_matching(model: torch.nn.Module, x: torch.Tensor, want: float, threads: int, runs: int,
-                      log: Callable[[str], None]) -> tuple[float, surgeon.Plan, torch.nn.Module]:
+                      runtime: str, log: Callable[[str], None]) -> tuple[float, surgeon.Plan, torch.nn.Module]:
     """The local-scope ratio whose measured latency fraction is closest to ``want`` (bisection on
     the ratio, at most 7 measurements)."""
     lo, hi, best = 0.0, 0.9, None
@@ -48,7 +48,7 @@ def _uniform_matching(model: torch.nn.Module, x: torch.Tensor, want: float, thre
         m = copy.deepcopy(model)
         p = surgeon.plan(m, x, ratio=r)
         p.apply()
-        got = _measured_fraction(model, m, x, threads, runs)
+        got = _measured_fraction(model, m, x, threads, runs, runtime)
         log(f"  uniform ratio {r:.3f}: measured {got:.3f} (want {want:.3f})")
         if best is None or abs(got - want) < abs(best[3] - want):
             best = (r, p, m, got)
@@ -59,10 +59,11 @@ def _uniform_matching(model: torch.nn.Module, x: torch.Tensor, want: float, thre
     return best[0], best[1], best[2]
 
 
-def run_model(name: str, targets: list[float], threads: int, runs: int, log: Callable[[str], None]) -> dict:
+def run_model(name: str, targets: list[float], threads: int, runs: int, log: Callable[[str], None],
+              runtime: str = "onnxruntime") -> dict:
     model = zoo.get(name).eval()
     x = torch.randn(zoo.input_shape(name))
-    settings = LatencySettings(threads=threads, runs=runs)
+    settings = LatencySettings(threads=threads, runs=runs, runtime=runtime)
     variants: dict[str, torch.nn.Module] = {"dense": model}
     rows: list[dict[str, Any]] = []
 
@@ -79,7 +80,7 @@ def run_model(name: str, targets: list[float], threads: int, runs: int, log: Cal
     for t in targets:
         p, m, plan_s, imp = latency_plan(t)
         want = p.target.measured_fraction or t
-        r, up, um = _uniform_matching(model, x, want, threads, runs, log)
+        r, up, um = _uniform_matching(model, x, want, threads, runs, runtime, log)
         variants[f"latency@{t:g}"], variants[f"uniform@{t:g}"] = m, um
         rows.append({"kind": "target", "target": t, "predicted": p.target.predicted_fraction,
                      "rounds": len(p.target.rounds), "plan_s": round(plan_s, 1), "uniform_ratio": r,
@@ -91,7 +92,7 @@ def run_model(name: str, targets: list[float], threads: int, runs: int, log: Cal
     um = copy.deepcopy(model)
     up = surgeon.plan(um, x, ratio=0.5)
     up.apply()
-    f = _measured_fraction(model, um, x, threads, runs)
+    f = _measured_fraction(model, um, x, threads, runs, runtime)
     p, m, plan_s, imp = latency_plan(min(1.0, f))
     variants["uniform@r0.5"], variants["latency@r0.5"] = um, m
     rows.append({"kind": "at uniform 0.5", "target": f, "predicted": p.target.predicted_fraction,
@@ -102,7 +103,7 @@ def run_model(name: str, targets: list[float], threads: int, runs: int, log: Cal
                  "latency_key": "latency@r0.5", "uniform_key": "uniform@r0.5"})
     # the reported figures: every variant side by side, in one run
     names = list(variants)
-    ms = time_models_onnx([variants[n] for n in names], x, threads, runs * 2)
+    ms = measure_models([variants[n] for n in names], x, threads, runtime, runs * 2)
     measured = dict(zip(names, ms))
     for row in rows:
         row["measured_latency"] = measured[row["latency_key"]] / measured["dense"]
@@ -111,7 +112,9 @@ def run_model(name: str, targets: list[float], threads: int, runs: int, log: Cal
 
 
 def to_markdown(results: list[dict], meta: dict) -> str:
-    lines = [f"# Latency targets (ONNX Runtime {meta['onnxruntime']} CPU, batch 1, {meta['threads']} threads, "
+    where = (f"ONNX Runtime {meta['onnxruntime']} CPU" if meta.get("runtime", "onnxruntime") == "onnxruntime"
+             else f"torch {meta['torch']} eager CPU")
+    lines = [f"# Latency targets ({where}, batch 1, {meta['threads']} threads, "
              f"{meta['cpu']}; load average {meta['load_before']} before, {meta['load_after']} after)", "",
              "Fractions of the dense model's latency, all variants of a model timed side by side in one run. "
              "Importance: L1 scores normalised per group, share kept. Uniform: local scope, one ratio, "
@@ -134,20 +137,21 @@ def to_markdown(results: list[dict], meta: dict) -> str:
 
 
 def run(models: list[str], targets: list[float], threads: int, runs: int, out: Path | None, command: str,
-        log: Callable[[str], None]) -> str:
+        log: Callable[[str], None], runtime: str = "onnxruntime") -> str:
     from surgeon.bench import machine_info
     t0 = time.perf_counter()
     meta = {**machine_info(threads), "load_before": round(os.getloadavg()[0], 2), "targets": targets,
-            "command": command}
+            "command": command, "runtime": runtime}
     results = []
     for name in models:
         log(f"[{name}]")
-        results.append(run_model(name, targets, threads, runs, log))
+        results.append(run_model(name, targets, threads, runs, log, runtime))
     meta["load_after"] = round(os.getloadavg()[0], 2)
     meta["wall_s"] = round(time.perf_counter() - t0, 1)
     md = to_markdown(results, meta)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "latency_targets.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-        (out / "latency_targets.md").write_text(md)
+        stem = "latency_targets" if runtime == "onnxruntime" else f"latency_targets_{runtime}"
+        (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+        (out / f"{stem}.md").write_text(md)
     return md

@@ -467,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(0.5) or milliseconds (12ms), measured with --threads at the input shape's batch. Channels go "
                    "where they cost the least importance per ms saved; layer timings are cached per machine "
                    "(~/.cache/surgeon/latency or $SURGEON_CACHE_DIR); the pruned model is measured and re-planned "
-                   "while it misses by over 10%%")
+                   "while it misses by over 5%%")
     p.add_argument("--latency-runtime", choices=tuple(RUNTIMES), default="onnxruntime",
                    help="where --target-latency is measured: onnxruntime (ONNX Runtime CPU, default) or torch "
                    "(eager on the CPU); each has its own layer-timing cache")

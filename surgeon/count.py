@@ -227,8 +227,9 @@ def _count_fx(model: nn.Module, inputs: ExampleInputs,
             kind = _module_kind(m)
             in_shape = _node_shape(node.args[0]) if node.args else None
             macs = _module_macs(m, kind, in_shape, out_shape) if out_shape is not None else 0
-            rows.append(NodeCount(node.name, type(m).__name__, kind, macs,
-                                  fresh_params(m.parameters()), str(node.target)))
+            # a leaf layer's own table: parameters() walks the module tree, 10x slower per call
+            own = (p for p in m._parameters.values() if p is not None) if not m._modules else m.parameters()
+            rows.append(NodeCount(node.name, type(m).__name__, kind, macs, fresh_params(own), str(node.target)))
         elif node.op in ("call_function", "call_method"):
             kind = mac_kind(node.op, node.target) if out_shape is not None else "shape"
             if kind in ("conv", "conv_transpose", "linear"):

@@ -385,7 +385,7 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
         allocated across groups to lose the least importance per millisecond saved (see
         ``surgeon.allocate``; ``scope`` does not apply), predicted from a cached per-layer lookup
         table (``surgeon.latency``), then the pruned model is measured and re-allocated while it
-        misses by more than 10%. ``Plan.target`` is a ``LatencyReport`` (predicted vs measured).
+        misses by more than 5% (``LatencySettings.tolerance``). ``Plan.target`` is a ``LatencyReport`` (predicted vs measured).
     latency: ``surgeon.LatencySettings`` (threads, rounds, tolerance, cache refresh, ...).
     data, loss_fn: for "taylor": ``(inputs, target)`` batches (a list or a DataLoader; a few
         are enough, e.g. ``list(itertools.islice(loader, 8))``) and ``loss_fn(output, target)``.

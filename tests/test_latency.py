@@ -325,9 +325,26 @@ def test_measure_torch_times_with_the_threads_in_inference_mode(monkeypatch):
     assert seen == [(OTHER_THREADS, True)] and torch.get_num_threads() == before
 
 
-def padded_ms(sig: Signature, cin: int, cout: int) -> float:
-    """``fake_ms`` with output channels paid in blocks of 16 (a kernel that pads)."""
-    return fake_ms(sig, cin, cout if sig.depthwise else -(-cout // 16) * 16)
+def padded_ms(sig: Signature, cin: int, cout: int, block: int = 16) -> float:
+    """``fake_ms`` with input and output channels paid in blocks of ``block`` (a kernel that pads)."""
+    if sig.depthwise:
+        return fake_ms(sig, cin, cout)
+    return fake_ms(sig, -(-cin // block) * block, -(-cout // block) * block)
+
+
+@pytest.mark.parametrize("block, found", [(16, 16), (8, 8), (1, 1)])
+def test_probe_finds_the_measured_multiple_on_both_sides(tmp_path, block, found):
+    """The channel step is what the timings show (padded to 16, to 8, or linear), probed on output
+    and input counts of the model's own convs."""
+    from surgeon.latency import LatencyModel, probe_multiple
+    from surgeon.lut import CacheKey, LatencyTable
+    graph = surgeon.trace(Net().eval(), X)
+    table = LatencyTable(CacheKey.current(1, X.shape), lambda samples, threads: [
+        padded_ms(s.sig, s.cin, s.cout, block) for s in samples], tmp_path, progress=False)
+    probe = probe_multiple(LatencyModel(graph, table), table)
+    assert probe.multiple == found
+    assert {side for _, side, _, _ in probe.evidence} == {"in", "out"} and len(probe.evidence) == 4
+    assert str(probe).count(" in at ") == 2 and str(probe).count(" out at ") == 2
 
 
 def test_plan_in_torch_runtime(tmp_path, monkeypatch):
