@@ -23,7 +23,8 @@ from typing import Any, Callable, Union
 from torch import nn
 
 from .criteria import Criterion
-from .plan import DEFAULT_RATIO, Baseline, Plan, check_ratios, check_request, plan
+from .plan import Baseline, Plan, plan
+from .request import DEFAULT_RATIO, check_ratios, check_request
 
 __all__ = ["SCHEDULES", "fractions", "prune", "prune_iteratively"]
 
