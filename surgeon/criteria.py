@@ -17,8 +17,9 @@ channel with a reduction:
 - ``mean`` (default): average over the members that cover the channel;
 - ``sum``: their sum (a channel read by more consumers weighs more);
 - ``max``: the largest member score (a channel survives if any layer finds it important);
-- ``first``: only the first member in graph order (the producing layer's own score, the classic
-  "filter norm of the layer" setting).
+- ``first``: per channel, only the first member in graph order that covers it (the producing
+  layer's own score, the classic "filter norm of the layer" setting; in a concatenation each
+  branch's channels take their own producer's score).
 
 A criterion returns NaN for every channel of a group it cannot score (``bn_scale`` on a group
 without BatchNorm): the planner then keeps that group whole and says why.
@@ -191,18 +192,22 @@ def check_reduction(reduction: Any) -> str:
 
 def reduce_members(group: Group, scores: list[tuple[Pos, np.ndarray]], reduction: str = "mean") -> np.ndarray:
     """Combine member scores per channel: ``mean`` / ``sum`` / ``max`` over the members covering the
-    channel, or ``first``: only the first member in graph order (the producing layer)."""
+    channel, or ``first``: per channel, the first member in graph order covering it (the producing
+    layer; in a concatenation, each branch's own producer)."""
     check_reduction(reduction)
     if not scores:
         return np.zeros(group.n)
     m = np.stack([s for _, s in scores])
     if reduction == "first":
-        m = m[:1]
+        if group.aligned:
+            return m[0]
+        first = np.argmax(~np.isnan(m), axis=0)  # per channel, the first covering member (0 if none)
+        return np.nan_to_num(m[first, np.arange(m.shape[1])], nan=0.0)
     if group.aligned:  # every member covers every channel: no NaN to skip
-        return {"mean": np.mean, "sum": np.sum, "max": np.max, "first": np.mean}[reduction](m, axis=0)
+        return {"mean": np.mean, "sum": np.sum, "max": np.max}[reduction](m, axis=0)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: uncovered, set to 0 below
-        r = {"mean": np.nanmean, "sum": np.nansum, "max": np.nanmax, "first": np.nanmean}[reduction](m, axis=0)
+        r = {"mean": np.nanmean, "sum": np.nansum, "max": np.nanmax}[reduction](m, axis=0)
     return np.nan_to_num(r, nan=0.0)
 
 
@@ -284,7 +289,7 @@ def bn_scale(group: Group, tensors: Mapping[str, torch.Tensor], reduction: str =
     per = [(p, _per_channel(group, p, tensors[p.ref].detach().double().abs().cpu().numpy())) for p in members]
     stacked = np.stack([s for _, s in per])
     r = reduce_members(group, per, reduction)
-    uncovered = np.isnan(stacked[:1] if reduction == "first" else stacked).all(axis=0)
+    uncovered = np.isnan(stacked).all(axis=0)
     r[uncovered] = r[~uncovered].max() if (~uncovered).any() else 0.0
     return r
 

@@ -168,6 +168,35 @@ def test_reductions(reduction, want):
     assert removed_filters(ConvBnConv(filters, consumer=consumer), reduction=reduction) == want
 
 
+class _Concat(nn.Module):
+    """Two branches concatenated, then a consumer: the group's channels 0-3 come from ``a``, 4-7
+    from ``b``; ``b``'s filters are the larger ones."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.Conv2d(8, 2, 1)
+        with torch.no_grad():
+            self.a.weight.copy_(torch.arange(1.0, 5.0).view(4, 1, 1, 1).expand(4, 3, 1, 1))
+            self.b.weight.copy_(torch.arange(11.0, 15.0).view(4, 1, 1, 1).expand(4, 3, 1, 1))
+            self.out.weight.fill_(1.0)
+
+    def forward(self, x):
+        return self.out(torch.cat([self.a(x), self.b(x)], 1))
+
+
+def test_first_reduction_scores_each_concatenated_branch_by_its_own_producer():
+    """Channels 4-7 are first covered by b (not by a, the group's first member): their scores
+    are b's filter norms, not zeros."""
+    m = _Concat()
+    g = next(gr for gr in surgeon.trace(m, X).prunable_groups() if any(p.ref == "b.weight" for p in gr.params))
+    tensors = {p.ref: dict(m.named_parameters())[p.ref] for p in g.params if p.ref in dict(m.named_parameters())}
+    got = criteria.l1(g, tensors, reduction="first")
+    assert got.tolist() == [3.0, 6.0, 9.0, 12.0, 33.0, 36.0, 39.0, 42.0]
+    # global scope ranks the pooled channels: two of a's filters (the small ones) go, none of b's
+    removed = surgeon.plan(m, X, scope="global", ratio=0.25, reduction="first").removed()
+    assert removed["a"]["out"] == [0, 1] and "b" not in removed
+
+
 def test_running_statistics_do_not_score():
     """BatchNorm running statistics describe the data, not the learned weights: huge running
     variance on channel 0 changes nothing."""
