@@ -17,7 +17,7 @@ from .cost import Footprint
 from .count import count
 from .criteria import CRITERIA, REDUCTIONS, accumulate_gradients
 from .trace import ChannelGraph, FrozenGroupWarning, trace
-from .errors import NothingToPrune, SurgeryError, TraceFailure, ValueDependentWarning
+from .errors import LatencyTargetWarning, NothingToPrune, SurgeryError, TraceFailure, ValueDependentWarning
 from .groups import Group
 from .indexmap import IndexMap, Pos
 from .latency import LatencySettings
@@ -34,7 +34,7 @@ __all__ = [
     "trace", "plan", "prune", "mask", "remove_masks", "sparsity", "export_onnx", "save", "load",
     "count", "ChannelGraph", "Group", "Plan", "GroupCut", "Pos", "IndexMap", "CRITERIA",
     "TraceFailure", "NothingToPrune", "SurgeryError", "FrozenGroupWarning", "EquivalenceError",
-    "ValueDependentWarning", "load_plan", "PlanMismatch",
+    "ValueDependentWarning", "LatencyTargetWarning", "load_plan", "PlanMismatch",
     "zeroed_reference", "assert_equivalent", "Footprint", "REDUCTIONS", "accumulate_gradients",
     "bn_l1_penalty", "bn_l1_subgradient_", "prune_iteratively", "TargetReport", "load_weights",
     "LatencySettings", "LatencyReport",

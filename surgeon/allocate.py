@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import warnings
 from collections import ChainMap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 import numpy as np
 from torch import nn
 
+from .errors import LatencyTargetWarning
 from .indexmap import Pos
 from .latency import Calibration, LatencyModel, LatencySettings, MultipleProbe
 from .scope import Candidate, GroupCut, choose, local_k, normalised, removed_counts, unit_cap, units
@@ -265,4 +267,11 @@ def plan_for_latency(graph: "ChannelGraph", cands: list[Candidate], lat: Latency
         goal = min(dense, goal * min(1.5, max(1 / 1.5, want / got)))
     assert best is not None
     cuts, report.predicted_ms, report.one_step_less_ms = best
+    got = report.measured_fraction
+    if got is not None and best_err > settings.tolerance:
+        warnings.warn(
+            f"latency target {want:.3g} of dense not met: the closest of {len(report.rounds)} plan(s) measured "
+            f"{got:.3g} ({got / want - 1:+.0%}). Raise the target or max_layer_ratio, try round_to=16 (a runtime "
+            "may run odd channel counts slowly), or measure on a quieter machine (LatencySettings(refresh=True) "
+            "re-times the layers); plan.target has every round", LatencyTargetWarning, stacklevel=4)
     return cuts, report

@@ -23,3 +23,8 @@ class SurgeryError(RuntimeError):
 class ValueDependentWarning(UserWarning):
     """The model's forward branched on a tensor's value while being traced concretely: the graph
     surgeon analysed is the path the example inputs took."""
+
+
+class LatencyTargetWarning(UserWarning):
+    """A latency-target plan was kept although its measured latency misses the target by more than
+    the tolerance (every corrected allocation was out of reach, or the rounds ran out)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -192,6 +193,21 @@ def test_measured_miss_corrects_the_goal(tmp_path):
     assert abs(rep.measured_fraction / 0.5 - 1) <= 0.1
     assert "measured" in p.summary()
     p.apply(verify=True)
+
+
+def test_a_kept_plan_that_misses_the_target_warns(tmp_path):
+    """A runtime where pruning gains nothing (every pruned model measures as slow as dense): the
+    corrected goals run out of reach, the closest plan is kept, and a LatencyTargetWarning says
+    by how much it misses; a plan that meets its target stays silent."""
+    def no_gain(models, inputs, threads):
+        dense = fake_model_ms(models[0], inputs)
+        return [dense] * len(models)
+    with pytest.warns(surgeon.LatencyTargetWarning, match=r"latency target 0.5 of dense not met.*measured 1 \(\+100%\)"):
+        p = surgeon.plan(Net().eval(), X, target_latency=0.5, latency=settings(tmp_path, time_models=no_gain))
+    assert p.target.measured_fraction == pytest.approx(1.0) and len(p.target.rounds) >= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", surgeon.LatencyTargetWarning)
+        surgeon.plan(Net().eval(), X, target_latency=0.5, latency=settings(tmp_path))
 
 
 def test_cache_is_reused_by_plans(tmp_path):
