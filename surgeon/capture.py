@@ -18,7 +18,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from .errors import TraceFailure, ValueDependentWarning
-from .record import failing_user_frame, user_frames, user_source
+from .record import SizeInt, failing_user_frame, make_attr_node, user_frames, user_source
 from .shapes import record_shapes
 
 __all__ = ["Traced", "trace_fx", "rerun_shapes", "node_source", "node_module", "submodule", "as_input_tuple", "as_example_inputs",
@@ -127,7 +127,6 @@ class _Tracer(fx.Tracer):
     def create_arg(self, a: Any) -> Any:
         """A module's int attribute (``self.num_heads``, see ``record.attribute_ints``) becomes an
         ``attribute_int`` node, so rules can tell it from a literal."""
-        from .record import SizeInt, make_attr_node
         if isinstance(a, SizeInt) and a.kind == "attr":
             node = self._attr_nodes.get(a.attr)
             if node is None:

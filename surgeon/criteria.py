@@ -71,8 +71,10 @@ def is_input_side(model: nn.Module | None, pos: Pos) -> bool:
     """True when ``pos`` is the dim of a layer's weight that reads input channels (the layer spec's
     ``weight_dims[0]``): ``weight[:, c]`` of a Conv or Linear, ``weight[c]`` of a ConvTranspose
     (whose weight is (in, out/groups, k...))."""
+    if not pos.ref.endswith("weight"):
+        return False
     m = _owner(model, pos.ref)
-    if not pos.ref.endswith("weight") or m is None:
+    if m is None:
         return False
     spec = layer_spec(m)
     return spec is not None and spec.weight_dims is not None and pos.dim == spec.weight_dims[0]
