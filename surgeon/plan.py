@@ -32,6 +32,7 @@ from .scope import DEFAULT_MAX_LAYER_RATIO, Candidate, GroupCut, Request, Target
 from .surgery import ShapeMismatch, apply_removal
 from .capture import node_source
 from .candidates import collect_candidates
+from .gcpause import gc_paused
 from .request import DEFAULT_RATIO, check_ratios, check_request, module_names
 
 if TYPE_CHECKING:
@@ -178,7 +179,8 @@ class Plan:
                 assert_equivalent(reference, self.model, self.graph.traced.inputs,
                                   outputs=self.graph.keep_outputs)
             check = oracle
-        apply_removal(self.graph, self.removed_positions(), self.graph.traced.inputs, check)
+        with gc_paused():  # see gcpause.py
+            apply_removal(self.graph, self.removed_positions(), self.graph.traced.inputs, check)
 
     def _freeze_breaking(self, e: SurgeryError) -> bool:
         """The pruned model's forward raised (a size in the code that did not follow the cut, seen
@@ -322,18 +324,14 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     ignored = module_names(model, ignore or (), "ignore")
     frozen = module_names(model, freeze or (), "freeze")
     overrides = check_ratios(model, ratios)
-    graph = trace(model, example_inputs, leaf_modules=leaf_modules, tracer=tracer, keep_outputs=keep_outputs)
-    protected = protected_groups(graph, ignored, frozen)
+    with gc_paused():  # see gcpause.py: 30% of a large model's planning time was the collector
+        graph, cost, protected, found = _score(model, example_inputs, leaf_modules, tracer, keep_outputs, ignored,
+                                               frozen, fn, reduction, side, overrides, baseline, data, loss_fn)
+    cands, skipped, retired, used = found.candidates, found.skipped, found.retired, found.used
     if protected.strict:
         warnings.warn(f"ignored module(s) {list(protected.strict[:5])} are not called as layers (their tensors "
                       "are used functionally or inside another module), so their output side is unknown: every "
                       "group touching their parameters is kept whole, as with freeze=", UserWarning, stacklevel=2)
-    cost = cost_model(graph)
-    grads = accumulate_gradients(model, data, loss_fn) if needs_data(fn) else None
-    score = bind_criterion(fn, reduction, model=model, grads=grads)
-    found = collect_candidates(graph, score, side, protected.reasons, overrides, baseline,
-                               getattr(fn, "__name__", type(fn).__name__))
-    cands, skipped, retired, used = found.candidates, found.skipped, found.retired, found.used
     unused = sorted(set(overrides) - used)
     if unused:
         raise ValueError(f"ratios names {unused}, whose output channels are not in any prunable group "
@@ -347,6 +345,20 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     reference = baseline.footprint if baseline is not None else cost.before
     cuts, report = select(cands, req, lambda cs: cost.footprint(removed_counts(cs)), reference, tuple(retired))
     return Plan(graph, cuts, skipped, cost, report)
+
+
+def _score(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any], tracer: str,
+           keep_outputs: Sequence[int] | None, ignored: list[str], frozen: list[str], fn: Any, reduction: str,
+           side: str, overrides: dict[str, float], baseline: Baseline | None, data: Any, loss_fn: Any):
+    """Trace, cost model, protection and scored candidates: the part of ``plan`` that only reads."""
+    graph = trace(model, example_inputs, leaf_modules=leaf_modules, tracer=tracer, keep_outputs=keep_outputs)
+    protected = protected_groups(graph, ignored, frozen)
+    cost = cost_model(graph)
+    grads = accumulate_gradients(model, data, loss_fn) if needs_data(fn) else None
+    score = bind_criterion(fn, reduction, model=model, grads=grads)
+    found = collect_candidates(graph, score, side, protected.reasons, overrides, baseline,
+                               getattr(fn, "__name__", type(fn).__name__))
+    return graph, cost, protected, found
 
 
 def load_plan(model: nn.Module, example_inputs: Any, source: Any, **trace_kwargs: Any) -> Plan:

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import networkx as nx
 from torch import nn
 
+from .gcpause import without_gc
 from .graph import build_graph
 from .groups import Group, check_sizes, find_groups
 from .indexmap import Pos
@@ -63,6 +64,7 @@ class ChannelGraph:
         return "\n".join(lines)
 
 
+@without_gc
 def trace(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = (),
           warn: bool = True, tracer: str = "auto", keep_outputs: Sequence[int] | None = None
           ) -> ChannelGraph:
