@@ -124,6 +124,8 @@ def producer_parts(group: Group, producers: Sequence[Pos], sizes: Mapping[Pos, i
 
     ``sizes`` (iterative pruning: the original model's position sizes) gives each part its original
     count, read off a producer covering exactly that part; else the part's share of ``n0``."""
+    if group.aligned:  # every member covers every channel: one part
+        return None
     n = group.n
 
     def covers_all(ch: np.ndarray) -> bool:

@@ -341,22 +341,24 @@ def test_measure_torch_times_with_the_threads_in_inference_mode(monkeypatch):
     assert seen == [(OTHER_THREADS, True)] and torch.get_num_threads() == before
 
 
-def padded_ms(sig: Signature, cin: int, cout: int, block: int = 16) -> float:
-    """``fake_ms`` with input and output channels paid in blocks of ``block`` (a kernel that pads)."""
+def padded_ms(sig: Signature, cin: int, cout: int, block: int = 16, block_in: int | None = None) -> float:
+    """``fake_ms`` with output channels paid in blocks of ``block`` and input channels in blocks of
+    ``block_in`` (default the same): a kernel that pads."""
     if sig.depthwise:
         return fake_ms(sig, cin, cout)
-    return fake_ms(sig, -(-cin // block) * block, -(-cout // block) * block)
+    bi = block if block_in is None else block_in
+    return fake_ms(sig, -(-cin // bi) * bi, -(-cout // block) * block)
 
 
-@pytest.mark.parametrize("block, found", [(16, 16), (8, 8), (1, 1)])
-def test_probe_finds_the_measured_multiple_on_both_sides(tmp_path, block, found):
+@pytest.mark.parametrize("block, block_in, found", [(16, 16, 16), (8, 8, 8), (1, 1, 1), (16, 1, 16), (1, 8, 8)])
+def test_probe_finds_the_measured_multiple_on_both_sides(tmp_path, block, block_in, found):
     """The channel step is what the timings show (padded to 16, to 8, or linear), probed on output
-    and input counts of the model's own convs."""
+    and input counts of the model's own convs; a penalty on either side sets it."""
     from surgeon.latency import LatencyModel, probe_multiple
     from surgeon.lut import CacheKey, LatencyTable
     graph = surgeon.trace(Net().eval(), X)
     table = LatencyTable(CacheKey.current(1, X.shape), lambda samples, threads: [
-        padded_ms(s.sig, s.cin, s.cout, block) for s in samples], tmp_path, progress=False)
+        padded_ms(s.sig, s.cin, s.cout, block, block_in) for s in samples], tmp_path, progress=False)
     probe = probe_multiple(LatencyModel(graph, table), table)
     assert probe.multiple == found
     assert {side for _, side, _, _ in probe.evidence} == {"in", "out"} and len(probe.evidence) == 4
