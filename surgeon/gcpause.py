@@ -12,14 +12,11 @@ step leaves (fx graphs are cyclic) is collected at the next ordinary collection.
 """
 from __future__ import annotations
 
-import functools
 import gc
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Iterator
 
-__all__ = ["gc_paused", "without_gc"]
-
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["gc_paused"]
 
 
 @contextmanager
@@ -32,12 +29,3 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
-
-
-def without_gc(fn: F) -> F:
-    """Decorator: ``fn`` runs inside :func:`gc_paused`."""
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with gc_paused():
-            return fn(*args, **kwargs)
-    return run  # type: ignore[return-value]

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import networkx as nx
 from torch import nn
 
-from .gcpause import without_gc
+from .gcpause import gc_paused
 from .graph import build_graph
 from .groups import Group, check_sizes, find_groups
 from .indexmap import Pos
@@ -64,7 +64,6 @@ class ChannelGraph:
         return "\n".join(lines)
 
 
-@without_gc
 def trace(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = (),
           warn: bool = True, tracer: str = "auto", keep_outputs: Sequence[int] | None = None
           ) -> ChannelGraph:
@@ -83,10 +82,11 @@ def trace(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = (
     dataclass fields, in order) whose shapes must stay; default all. E.g. ``[0]`` for a detector
     whose extra outputs are features kept only for a training loss.
     """
-    traced = trace_fx(model, example_inputs, leaf_modules, method=tracer)
-    g = build_graph(traced, keep_outputs)
-    check_sizes(g)
-    groups = find_groups(g)
+    with gc_paused():  # see gcpause.py (a decorator would move the warnings' stacklevel)
+        traced = trace_fx(model, example_inputs, leaf_modules, method=tracer)
+        g = build_graph(traced, keep_outputs)
+        check_sizes(g)
+        groups = find_groups(g)
     notes = []
     weights: set[str] | None = None  # buffers alone (index tables) are no loss
     for gr in groups:
