@@ -120,7 +120,7 @@ def run_seed(name: str, seed: int, args: argparse.Namespace, timer: TimeModels, 
     settings = LatencySettings(threads=args.threads, runs=args.runs, cache_dir=cache, progress=False,
                                time_models=timer, measure_layers=measure_layers)
     t1 = time.perf_counter()
-    lp = surgeon.plan(lm, x, target_latency=min(1.0, f), latency=settings)
+    lp = surgeon.plan(lm, x, target_latency=min(1.0, f), latency=settings, max_layer_ratio=args.max_layer_ratio)
     plan_s = time.perf_counter() - t1
     rep = lp.target
     rows["latency"] = {"importance_kept": importance_kept(lp.cuts), "removed": _removed(lp), "target": min(1.0, f),
@@ -212,7 +212,7 @@ def to_markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], meta:
              f"Dense training D = {meta['dense_epochs']} epochs, fine-tune F = {meta['finetune_epochs']} epochs (same "
              f"recipe and data order for both plans); surgeon at {meta['surgeon']}; seeds {meta['seeds']}; mean +- std over seeds. Uniform: ratio "
              f"{meta['ratio']}, local scope, L1. Latency-aware: `target_latency` = the uniform plan's measured "
-             f"fraction, L1. Latency: fraction of the dense model's ONNX Runtime latency, all three timed side by "
+             f"fraction, L1, max_layer_ratio {meta.get('max_layer_ratio') or 'default (0.9)'}. Latency: fraction of the dense model's ONNX Runtime latency, all three timed side by "
              f"side in one final run per seed. Importance kept: L1 scores normalised per group by their mean, "
              f"share kept. Accuracy in % (one test image = {100 / meta['test']:.2f} points).", "",
              "| model | plan | latency (fraction) | predicted | importance kept | channels removed | params | "
@@ -264,6 +264,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune-epochs", type=int, default=3, help="F (default 3)")
     p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     p.add_argument("--runs", type=int, default=20, help="timing rounds per session (the final timing uses twice)")
+    p.add_argument("--max-layer-ratio", type=float, default=None, help="the latency-aware plan's cap on what one "
+                   "group may lose (default: the planner's, 0.9)")
     p.add_argument("--out", help="output directory (default benchmarks/results; none for --quick)")
     args = p.parse_args(argv)
     if args.quick:
@@ -288,7 +290,8 @@ def run(args: argparse.Namespace, command: str, time_models: Optional[TimeModels
     t0 = time.perf_counter()
     meta = {**machine_info(args.threads), "load_before": round(os.getloadavg()[0], 2), "command": command,
             "size": args.size, "batch": args.batch, "ratio": args.ratio, "dense_epochs": args.dense_epochs,
-            "finetune_epochs": args.finetune_epochs, "date": time.strftime("%Y-%m-%d"),
+            "finetune_epochs": args.finetune_epochs, "max_layer_ratio": args.max_layer_ratio,
+            "date": time.strftime("%Y-%m-%d"),
             "fake_timings": time_models is not None, "surgeon": _source()}
     rows: list[dict[str, Any]] = []
     seeds = [int(s) for s in str(args.seeds).split(",")]
