@@ -2,7 +2,8 @@
 
 A plain ``state_dict`` cannot be loaded into the original architecture (the shapes differ), so the
 file also stores the size attributes of every layer the registry knows (``LayerSpec.size_attrs``:
-``in_channels``, ``embedding_dim``, ``num_heads``...). Loading reshapes the fresh model's tensors and
+``in_channels``, ``embedding_dim``, ``num_heads``...) and every module's int attributes (surgery
+also rewrites ints a forward reads as sizes, ``self.num_attention_heads``, that no spec names). Loading reshapes the fresh model's tensors and
 attributes first, loads the weights, then checks every layer (``LayerSpec.check``). Only tensors,
 ints, strings and lists are stored, so ``torch.load(..., weights_only=True)`` reads it.
 """
@@ -35,11 +36,30 @@ def _layer_attrs(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _is_size(v: Any) -> bool:
+    return type(v) is int or (type(v) in (tuple, list) and len(v) > 0 and all(type(e) is int for e in v))
+
+
+def _module_ints(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Qualified name -> every public int (or sequence of ints) attribute of every module. Surgery
+    also rewrites attributes no layer spec names (``self.num_attention_heads`` of a user's
+    attention block, read as a size by its forward), so all of them are kept, not only the specs'."""
+    out = {}
+    for name, m in model.named_modules():
+        ints = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(m).items()
+                if not k.startswith("_") and _is_size(v)}
+        if ints:
+            out[name] = ints
+    return out
+
+
 def save(model: nn.Module, path: Union[str, os.PathLike]) -> Path:
-    """Write the (pruned) model's weights and layer sizes to ``path``; returns the path."""
+    """Write the (pruned) model's weights, layer sizes and modules' int attributes to ``path``;
+    returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": FORMAT, "state_dict": model.state_dict(), "layers": _layer_attrs(model)}, path)
+    torch.save({"format": FORMAT, "state_dict": model.state_dict(), "layers": _layer_attrs(model),
+                "ints": _module_ints(model)}, path)
     return path
 
 
@@ -81,6 +101,17 @@ def load(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
                 raise ValueError(f"{path} describes layer {name!r}, which the model does not have")
             for k, v in attrs.items():
                 setattr(m, k, tuple(v) if isinstance(v, list) else v)
+        for name, attrs in blob.get("ints", {}).items():  # files of older versions have none
+            m = modules.get(name)
+            if m is None:
+                raise ValueError(f"{path} describes module {name!r}, which the model does not have: "
+                                 "load it into the architecture it was pruned from")
+            for k, v in attrs.items():
+                if k in layers.get(name, {}):
+                    continue  # a layer's size attributes come from its spec's record above
+                old = vars(m).get(k)
+                if _is_size(old) and old != (tuple(v) if isinstance(old, tuple) else v):
+                    object.__setattr__(m, k, tuple(v) if isinstance(old, tuple) else v)
         model.load_state_dict(state, strict=True)
         specs = {n: layer_spec(m) for n, m in modules.items()}
         bad = [f"{n}: {msg}" for n, spec in specs.items() if spec is not None for msg in spec.check(modules[n])]

@@ -125,3 +125,25 @@ def test_load_checks_user_registered_layers(tmp_path, vocab_registered):
                                          r"num_embeddings/embedding_dim=10/16 vs weight \(10, 8\)"):
         surgeon.load(fresh, tmp_path / "bad.pt")
     assert fresh.vocab.weight is weight and fresh.vocab.embedding_dim == 16
+
+
+def test_round_trip_restores_ints_no_layer_spec_names(tmp_path):
+    """A Hugging Face style attention block: the surgery rewrites num_attention_heads,
+    attention_head_size and all_head_size (module ints its forward reads as sizes, named by no
+    layer spec); a fresh instance loaded from the file gets them too and computes the same."""
+    import patterns as P
+    from test_attention import IDS
+
+    torch.manual_seed(0)
+    m = P.HFLike().eval()
+    fresh = P.HFLike().eval()
+    with pytest.warns(surgeon.FrozenGroupWarning):
+        surgeon.prune(m, IDS, 0.5)
+    a = m.layers[0].attn
+    assert (a.num_attention_heads, a.attention_head_size, a.all_head_size) == (2, 8, 16)
+    surgeon.load(fresh, surgeon.save(m, tmp_path / "pruned.pt"))
+    b = fresh.layers[0].attn
+    assert (b.num_attention_heads, b.attention_head_size, b.all_head_size) == (2, 8, 16)
+    assert type(b.num_attention_heads) is int
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**IDS).logits, m(**IDS).logits)
