@@ -30,6 +30,7 @@ import numpy as np
 from torch import nn
 
 from .errors import LatencyTargetWarning
+from .record import user_stacklevel
 from .indexmap import Pos
 from .latency import Calibration, LatencyModel, LatencySettings, MultipleProbe
 from .scope import Candidate, GroupCut, choose, local_k, normalised, removed_counts, unit_cap, units
@@ -273,5 +274,5 @@ def plan_for_latency(graph: "ChannelGraph", cands: list[Candidate], lat: Latency
             f"latency target {want:.3g} of dense not met: the closest of {len(report.rounds)} plan(s) measured "
             f"{got:.3g} ({got / want - 1:+.0%}). Raise the target or max_layer_ratio, try round_to=16 (a runtime "
             "may run odd channel counts slowly), or measure on a quieter machine (LatencySettings(refresh=True) "
-            "re-times the layers); plan.target has every round", LatencyTargetWarning, stacklevel=4)
+            "re-times the layers); plan.target has every round", LatencyTargetWarning, stacklevel=user_stacklevel())
     return cuts, report

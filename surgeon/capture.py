@@ -18,7 +18,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
 from .errors import TraceFailure, ValueDependentWarning
-from .record import SizeInt, failing_user_frame, make_attr_node, user_frames, user_source
+from .record import SizeInt, failing_user_frame, make_attr_node, user_frames, user_source, user_stacklevel
 from .shapes import record_shapes
 
 __all__ = ["Traced", "trace_fx", "rerun_shapes", "node_source", "node_module", "submodule", "as_input_tuple", "as_example_inputs",
@@ -343,7 +343,7 @@ def _trace_concrete(model: nn.Module, ex: ExampleInputs, leaf_types: tuple[type,
             f"{type(model).__name__}'s forward reads tensor values at {', '.join(value_reads[:3])} "
             "(e.g. `if x.sum() > 0`): the recorded graph is the path these example inputs took. "
             "Branches other inputs take are not checked; pass inputs that exercise the usual path.",
-            ValueDependentWarning, stacklevel=4)
+            ValueDependentWarning, stacklevel=user_stacklevel())
     return RecordedGraph(model, graph)
 
 

@@ -33,6 +33,7 @@ from .surgery import ShapeMismatch, apply_removal
 from .capture import node_source
 from .candidates import collect_candidates
 from .gcpause import gc_paused
+from .record import user_stacklevel
 from .request import DEFAULT_RATIO, check_ratios, check_request, module_names
 
 if TYPE_CHECKING:
@@ -211,7 +212,7 @@ class Plan:
                 lo = mid + 1
         bad = cuts[hi - 1]
         warnings.warn(f"group {bad.group.id} ({', '.join(bad.group.layers[:3])}) is kept whole: after the cut "
-                      f"the model's own forward failed ({e.__cause__})", FrozenGroupWarning, stacklevel=4)
+                      f"the model's own forward failed ({e.__cause__})", FrozenGroupWarning, stacklevel=user_stacklevel())
         self.skipped[bad.group.id] = "the model's forward failed after this cut"
         self.cuts = [c for c in self.cuts if c is not bad]
         if self._cost is not None:
@@ -237,7 +238,7 @@ class Plan:
             places = sorted({where(p) for p in wrong if p in c.group.channel_of})
             warnings.warn(f"group {c.group.id} ({', '.join(c.group.layers[:3])}) is kept whole: after the "
                           f"cut, the model's own forward computed another size at {'; '.join(places[:3])}",
-                          FrozenGroupWarning, stacklevel=4)
+                          FrozenGroupWarning, stacklevel=user_stacklevel())
             self.skipped[c.group.id] = "a size in the code did not follow the cut"
         self.cuts = [c for c in self.cuts if c not in dropped]
         if self._cost is not None:
@@ -331,7 +332,8 @@ def plan(model: nn.Module, example_inputs: Any, ratio: float = DEFAULT_RATIO,
     if protected.strict:
         warnings.warn(f"ignored module(s) {list(protected.strict[:5])} are not called as layers (their tensors "
                       "are used functionally or inside another module), so their output side is unknown: every "
-                      "group touching their parameters is kept whole, as with freeze=", UserWarning, stacklevel=2)
+                      "group touching their parameters is kept whole, as with freeze=", UserWarning,
+                      stacklevel=user_stacklevel())
     unused = sorted(set(overrides) - used)
     if unused:
         raise ValueError(f"ratios names {unused}, whose output channels are not in any prunable group "

@@ -52,6 +52,18 @@ def is_library_file(filename: str) -> bool:
     return filename.startswith(_LIBRARY_DIRS) or filename.startswith("<")
 
 
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` made by this function's caller that points at the
+    innermost frame outside torch and surgeon: the user's line, however deep inside surgeon the
+    warning is raised (``plan`` -> ``trace``, ``prune`` -> ``plan``...)."""
+    f = sys._getframe(1)
+    level = 1
+    while f is not None and f.f_code.co_filename.startswith(_LIBRARY_DIRS):
+        f = f.f_back
+        level += 1
+    return level if f is not None else 1
+
+
 def user_source(depth: int = 1) -> str:
     """"file:line" of the innermost caller frame outside torch and surgeon: the user's line."""
     f = sys._getframe(depth)

@@ -9,6 +9,7 @@ import networkx as nx
 from torch import nn
 
 from .gcpause import gc_paused
+from .record import user_stacklevel
 from .graph import build_graph
 from .groups import Group, check_sizes, find_groups
 from .indexmap import Pos
@@ -96,5 +97,5 @@ def trace(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = (
             notes.append(f"group {gr.id} ({', '.join(gr.layers[:3])}) is frozen: {gr.frozen_reason()}")
     if warn:
         for note in notes:
-            warnings.warn(note, FrozenGroupWarning, stacklevel=2)
+            warnings.warn(note, FrozenGroupWarning, stacklevel=user_stacklevel())
     return ChannelGraph(traced, g, groups, notes, None if keep_outputs is None else tuple(keep_outputs))

@@ -33,6 +33,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from .record import user_stacklevel
 from .checkpoint import FORMAT as PRUNED_FORMAT
 
 __all__ = ["load_weights", "StrippedPrefixWarning", "WRAPPER_KEYS", "WRAPPER_PREFIXES"]
@@ -148,7 +149,7 @@ def _strip_prefixes(state: Mapping[str, Any], expected: Mapping[str, Any], path:
     if stripped:
         warnings.warn(f"{path}: removed the prefix {stripped!r} from every key (weights saved from a wrapped "
                       "model: DataParallel / DistributedDataParallel, torch.compile or a training wrapper)",
-                      StrippedPrefixWarning, stacklevel=3)
+                      StrippedPrefixWarning, stacklevel=user_stacklevel())
     return state
 
 

@@ -311,3 +311,27 @@ def test_a_cut_that_breaks_the_forward_is_found_and_kept_whole():
         plan.apply()
     assert m.a.out_channels == 8 and m.c.out_channels < 6  # the breaking group stays, the other is cut
     assert m(x).shape == want.shape
+
+
+class _Cumsum(nn.Module):
+    """conv -> cumsum over channels -> conv (an op surgeon does not map: a frozen group), plus a
+    prunable branch d -> e."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+        self.d, self.e = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(torch.cumsum(self.a(x), 1)) + self.e(torch.relu(self.d(x)))
+
+
+@pytest.mark.parametrize("call", ["trace", "plan", "prune"])
+def test_warnings_name_the_users_line_whatever_the_entry_point(call):
+    """record.user_stacklevel: a FrozenGroupWarning raised deep inside surgeon names this file."""
+    x = torch.randn(1, 3, 4, 4)
+    run = {"trace": lambda: surgeon.trace(_Cumsum(), x), "plan": lambda: surgeon.plan(_Cumsum(), x, ratio=0.5),
+           "prune": lambda: surgeon.prune(_Cumsum(), x, 0.5)}[call]
+    with pytest.warns(surgeon.FrozenGroupWarning) as record:
+        run()
+    assert {w.filename for w in record if issubclass(w.category, surgeon.FrozenGroupWarning)} == {__file__}
