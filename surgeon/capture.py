@@ -273,12 +273,6 @@ class _SymbolicTraceError(RuntimeError):
     """fx's symbolic tracer (not the shape propagation that follows) failed."""
 
 
-def _known_layer(m: nn.Module) -> bool:
-    """A layer the registry knows, called as one opaque op by both tracers."""
-    from .registry import lookup
-    return lookup("call_module", None, m) is not None
-
-
 def _trace_symbolic(model: nn.Module, ex: ExampleInputs, leaf_types: tuple[type, ...],
                     leaf_names: set[str]) -> RecordedGraph:
     tracer = _Tracer(leaf_types, leaf_names)
@@ -367,9 +361,10 @@ def trace_fx(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] 
     symbolic_ok = not ex.kwargs and all(isinstance(a, torch.Tensor) for a in ex.args)
     fx_error: BaseException | None = None
     from .record import attribute_ints
+    from .registry import is_known_layer
     # attribute_ints: module ints read as sizes with provenance, and every module's attributes
     # (caches a forward sets, e.g. anchor grids) restored afterwards: tracing changes nothing.
-    with eval_mode(model), attribute_ints(model, _known_layer):
+    with eval_mode(model), attribute_ints(model, is_known_layer):
         if method == "fx" or (method == "auto" and symbolic_ok):
             try:
                 gm = _trace_symbolic(model, ex, leaf_types, leaf_names)

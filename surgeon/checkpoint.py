@@ -16,6 +16,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from .record import is_size_value
 from .registry import layer_spec
 from .surgery import Snapshot
 
@@ -36,10 +37,6 @@ def _layer_attrs(model: nn.Module) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _is_size(v: Any) -> bool:
-    return type(v) is int or (type(v) in (tuple, list) and len(v) > 0 and all(type(e) is int for e in v))
-
-
 def _module_ints(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Qualified name -> every public int (or sequence of ints) attribute of every module. Surgery
     also rewrites attributes no layer spec names (``self.num_attention_heads`` of a user's
@@ -47,7 +44,7 @@ def _module_ints(model: nn.Module) -> dict[str, dict[str, Any]]:
     out = {}
     for name, m in model.named_modules():
         ints = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(m).items()
-                if not k.startswith("_") and _is_size(v)}
+                if not k.startswith("_") and is_size_value(v)}
         if ints:
             out[name] = ints
     return out
@@ -110,7 +107,7 @@ def load(model: nn.Module, path: Union[str, os.PathLike]) -> nn.Module:
                 if k in layers.get(name, {}):
                     continue  # a layer's size attributes come from its spec's record above
                 old = vars(m).get(k)
-                if _is_size(old) and old != (tuple(v) if isinstance(old, tuple) else v):
+                if is_size_value(old) and old != (tuple(v) if isinstance(old, tuple) else v):
                     object.__setattr__(m, k, tuple(v) if isinstance(old, tuple) else v)
         model.load_state_dict(state, strict=True)
         specs = {n: layer_spec(m) for n, m in modules.items()}

@@ -409,6 +409,12 @@ def make_attr_node(graph: fx.Graph, v: SizeInt) -> fx.Node:
     return node
 
 
+def is_size_value(v: Any) -> bool:
+    """An int, or a non-empty list / tuple of ints (split sizes, timm's ``self.splits``): what a
+    module attribute that a forward may read as a size looks like. ``bool`` is not an int here."""
+    return type(v) is int or (type(v) in (list, tuple) and len(v) > 0 and all(type(e) is int for e in v))
+
+
 @contextmanager
 def attribute_ints(model: nn.Module, known_layer: Callable[[nn.Module], bool] = lambda m: False
                    ) -> Iterator[None]:
@@ -421,12 +427,11 @@ def attribute_ints(model: nn.Module, known_layer: Callable[[nn.Module], bool] = 
     try:
         for qual, m in modules:
             for k, v in list(vars(m).items()):
-                if k.startswith("_"):
+                if k.startswith("_") or not is_size_value(v):
                     continue
                 if type(v) is int:
                     object.__setattr__(m, k, SizeInt(v, None, "attr", (qual, k)))
-                elif type(v) in (list, tuple) and v and all(type(e) is int for e in v):
-                    # split sizes kept as a list (timm's MixedConv2d ``self.splits``)
+                else:  # split sizes kept as a list (timm's MixedConv2d ``self.splits``)
                     object.__setattr__(m, k, type(v)(SizeInt(e, None, "attr", (qual, f"{k}[{i}]"))
                                                      for i, e in enumerate(v)))
         yield

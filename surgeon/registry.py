@@ -22,7 +22,7 @@ from . import attention, functional, reshape, rules
 from .layers import LAYER_SPECS, LayerSpec, check_mac_kind
 from .record import attribute_int, constant_tensor
 
-__all__ = ["OpEntry", "lookup", "keeps_shape", "output_shape", "layer_spec", "registered_layers", "mac_kind", "register_function",
+__all__ = ["OpEntry", "lookup", "is_known_layer", "keeps_shape", "output_shape", "layer_spec", "registered_layers", "mac_kind", "register_function",
            "register_method", "register_module"]
 
 
@@ -325,6 +325,12 @@ def lookup(op: str, target: Any, module: nn.Module | None = None) -> OpEntry | N
         return None
     entry = _function_entry(op, target)
     return entry if entry is not None and entry.rule is not None else None
+
+
+def is_known_layer(module: nn.Module | None) -> bool:
+    """A module the registry knows how channels flow through (``lookup`` finds it): both tracers
+    call it as one opaque op, and shape propagation may run it on the meta device."""
+    return lookup("call_module", None, module) is not None
 
 
 def keeps_shape(op: str, target: Any, module: nn.Module | None = None) -> bool:

@@ -134,8 +134,9 @@ class _ShapeRecorder:
                 out = _broadcast(n.target, args, kwargs)
                 if out is not None:
                     return out
-            elif how == _SPEC and not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):
-                shape = _spec_shape(mod, args[0])
+            elif how == _SPEC:
+                from .registry import output_shape
+                shape = output_shape(mod, args, kwargs)  # None for a call the formula does not cover
                 if shape is not None:
                     return torch.empty(shape, dtype=args[0].dtype, device="meta")
         if op == "call_function":
@@ -202,11 +203,6 @@ class _ShapeRecorder:
             n.meta["tensor_meta"] = m
 
 
-def _spec_shape(mod: nn.Module, x: torch.Tensor) -> tuple[int, ...] | None:
-    from .registry import output_shape
-    return output_shape(mod, (x,), {})
-
-
 def _node_plan(gm: "RecordedGraph", model: nn.Module) -> dict[str, tuple[str, nn.Module | None]]:
     """Per call node: how its output is found on meta, and its module. Decided once per graph
     (surgery changes tensors, never the graph or the modules' types), kept on ``gm``."""
@@ -236,7 +232,8 @@ def record_shapes(gm: "RecordedGraph", model: nn.Module, args: tuple, into: dict
     """Run ``gm`` on positional ``args`` and note every node's output metadata (on the nodes, or
     ``into``). On the meta device unless a leaf is a module surgeon does not know."""
     plan = _node_plan(gm, model)
-    on_meta = all(n.op != "call_module" or _known(n, plan[n.name][1]) for n in gm.graph.nodes)
+    from .registry import is_known_layer
+    on_meta = all(n.op != "call_module" or is_known_layer(plan[n.name][1]) for n in gm.graph.nodes)
     with torch.no_grad():
         if on_meta:
             try:
@@ -247,7 +244,3 @@ def record_shapes(gm: "RecordedGraph", model: nn.Module, args: tuple, into: dict
                     into.clear()
         _ShapeRecorder(gm, model, False, into).run(*args)
 
-
-def _known(n: fx.Node, mod: nn.Module | None) -> bool:
-    from .registry import lookup
-    return lookup("call_module", n.target, mod) is not None

@@ -83,7 +83,7 @@ def trace(model: nn.Module, example_inputs: Any, leaf_modules: Sequence[Any] = (
     dataclass fields, in order) whose shapes must stay; default all. E.g. ``[0]`` for a detector
     whose extra outputs are features kept only for a training loss.
     """
-    with gc_paused():  # see gcpause.py (a decorator would move the warnings' stacklevel)
+    with gc_paused():  # see gcpause.py
         traced = trace_fx(model, example_inputs, leaf_modules, method=tracer)
         g = build_graph(traced, keep_outputs)
         check_sizes(g)

@@ -61,18 +61,3 @@ def test_a_caller_that_disabled_it_keeps_it_disabled(collector_on):
     gc.disable()
     surgeon.plan(small(), X, ratio=0.5).apply()
     assert not gc.isenabled()
-
-
-def test_warnings_still_name_the_callers_line(collector_on):
-    """Pausing the collector adds no frame between the user and a FrozenGroupWarning."""
-    class Cumsum(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
-
-        def forward(self, x):
-            return self.b(torch.cumsum(self.a(x), 1))  # an op surgeon does not map: a frozen group
-
-    with pytest.warns(surgeon.FrozenGroupWarning) as record:
-        surgeon.trace(Cumsum(), X)
-    assert record[0].filename == __file__
