@@ -66,17 +66,20 @@ def run_onnx(session: Any, inputs: Any) -> list[np.ndarray]:
     session's inputs by position, which is how the exporters order them) or a
     mapping from input name to value.
     """
+    return list(session.run(None, onnx_feed(session, inputs)))
+
+
+def onnx_feed(session: Any, inputs: Any) -> dict[str, np.ndarray]:
+    """The ``session.run`` feed for ``inputs``: a tensor/array, a sequence of them (matched to the
+    session's inputs by position, which is how the exporters order them) or a mapping from input
+    name to value. ``ValueError`` naming the session's inputs when a sequence has another length."""
     names = [i.name for i in session.get_inputs()]
     if isinstance(inputs, Mapping):
-        feed = {str(k): to_numpy(v) for k, v in inputs.items()}
-    else:
-        seq = [inputs] if isinstance(inputs, (torch.Tensor, np.ndarray)) else list(inputs)
-        if len(seq) != len(names):
-            raise ValueError(
-                f"the ONNX model takes {len(names)} input(s) {names}, got {len(seq)}"
-            )
-        feed = {n: to_numpy(v) for n, v in zip(names, seq)}
-    return list(session.run(None, feed))
+        return {str(k): to_numpy(v) for k, v in inputs.items()}
+    seq = [inputs] if isinstance(inputs, (torch.Tensor, np.ndarray)) else list(inputs)
+    if len(seq) != len(names):
+        raise ValueError(f"the ONNX model takes {len(names)} input(s) {names}, got {len(seq)}")
+    return {n: to_numpy(v) for n, v in zip(names, seq)}
 
 
 def compare_onnx(

@@ -119,11 +119,14 @@ def torch_runner(model: nn.Module, x: Any) -> Callable[[], Any]:
     return run
 
 
-def ort_runner(session: Any, x: torch.Tensor) -> Callable[[], Any]:
-    """A no-argument callable running an onnxruntime session on ``x`` (converted once, up front)."""
-    from .runtime import to_numpy
+def ort_runner(session: Any, x: Any) -> Callable[[], Any]:
+    """A no-argument callable running an onnxruntime session on ``x`` (converted once, up front):
+    a tensor, a tuple of positional inputs or a dict of keyword inputs, fed in order, as
+    ``surgeon.export_onnx`` made the file's inputs (``onnx_io.positional``)."""
+    from .onnx_io import export_inputs
+    from .runtime import onnx_feed
 
-    feed = {session.get_inputs()[0].name: to_numpy(x)}
+    feed = onnx_feed(session, export_inputs(tuple(x.values()) if isinstance(x, Mapping) else x, need_batch=False))
     return lambda: session.run(None, feed)
 
 
@@ -143,7 +146,7 @@ def time_models(models: Mapping[str, nn.Module], x: Any, backend: str, *, files:
     mode under ``torch.inference_mode`` with ``threads`` torch threads; the thread count and every
     module's train / eval flag are restored afterwards. ``"ort"``: ``files[name]``, the model's ONNX
     file, in a fresh non-spinning ``runtime.onnx_session`` with ``threads`` intra-op threads, fed
-    ``x`` (its first positional tensor).
+    every input of ``x`` (``runtime.onnx_feed``).
 
     Timed ``sessions`` times (for ONNX Runtime each time in fresh sessions), each over at least
     ``runs`` rounds and at least ``min_seconds`` of the first model's time (capped at 400 rounds):
@@ -160,8 +163,6 @@ def time_models(models: Mapping[str, nn.Module], x: Any, backend: str, *, files:
         no_file = [n for n in models if n not in (files or {})]
         if no_file:
             raise ValueError(f"timing in ONNX Runtime needs an ONNX path for every model; {no_file} have none")
-    if backend == "ort" and isinstance(x, (tuple, list)):
-        x = x[0]
     per_session: list[dict[str, Timing]] = []
     with ExitStack() as stack:
         if backend == "torch":

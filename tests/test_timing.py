@@ -160,3 +160,35 @@ def test_time_models_median_over_sessions(monkeypatch):
 def test_time_models_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         surgeon.timing.time_models({"a": zoo.get("tinynet")}, X, **kwargs)
+
+
+class TwoInputs(torch.nn.Module):
+    """A model whose second input changes the work: a runner that fed only the first would fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x, y):
+        return self.conv(x) * y
+
+
+@pytest.mark.parametrize("inputs", [
+    pytest.param((torch.randn(1, 3, 8, 8), torch.randn(1, 4, 8, 8)), id="positional"),
+    pytest.param({"x": torch.randn(1, 3, 8, 8), "y": torch.randn(1, 4, 8, 8)}, id="keywords"),
+])
+def test_time_models_feeds_every_input_to_onnx_runtime(tmp_path, inputs, monkeypatch):
+    """Every input reaches the session, in the order the export gave them; the runner returns
+    what ONNX Runtime computed (the torch model's output)."""
+    model = TwoInputs().eval()
+    path = surgeon.export_onnx(model, inputs, tmp_path / "two.onnx")
+    seen = {}
+
+    def once(fns, runs, warmup, seed):
+        seen.update({n: fn() for n, fn in fns.items()})
+        return {n: Timing(1.0, 1.0, 1.0, runs) for n in fns}
+    monkeypatch.setattr(surgeon.timing, "time_side_by_side", once)
+    surgeon.timing.time_models({"m": model}, inputs, "ort", files={"m": path}, runs=1, warmup=0)
+    with torch.no_grad():
+        want = model(**inputs) if isinstance(inputs, dict) else model(*inputs)
+    torch.testing.assert_close(torch.from_numpy(seen["m"][0]), want, rtol=1e-4, atol=1e-5)
