@@ -4,7 +4,8 @@
 product of sizes (conv: output elements x input channels per group x kernel; linear: output
 elements x input features; norms, activations, elementwise ops: output elements), so after a
 removal a node costs its original MACs times the product, over the sizes in its formula, of
-(new size / old size). A parameter's size is the product of its dims. Both are exact, which lets
+(new size / old size). Attention is a sum of two such products (q k^T and the weights times v),
+each scaled by its own sizes. A parameter's size is the product of its dims. Both are exact, which lets
 the target search try many candidate removals without copying or re-counting the model; tests
 compare the prediction with ``count`` on the pruned model.
 """
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Mapping
 import torch.fx as fx
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from .count import Counts, contracted_operand, count, format_count
+from .count import Counts, attention_terms, contracted_operand, count, format_count
 from .graph import param_paths
 from .indexmap import Pos
 
@@ -45,7 +46,9 @@ def _dims(node: fx.Node) -> list[Pos]:
 
 
 class CostModel:
-    """MACs and params of ``graph.model`` after removing some indices of some positions."""
+    """MACs and params of ``graph.model`` after removing some indices of some positions.
+    ``node_terms``: per fx node, its MACs as (MACs, positions whose sizes scale them) terms (what
+    ``surgeon.latency`` scales the time of the ops it does not measure by)."""
 
     def __init__(self, graph: "ChannelGraph", counts: Counts) -> None:
         self.before = Footprint(int(counts.macs), int(counts.params))
@@ -60,11 +63,19 @@ class CostModel:
         modules = dict(graph.model.named_modules())
         paths = param_paths(graph.model)
         self._macs: list[tuple[int, list[Pos]]] = []
+        self.node_terms: dict[str, list[tuple[int, list[Pos]]]] = {}  # fx node name -> its MACs terms
         for row in counts.per_node:
             if row.macs:
                 node = nodes.get(row.name)
-                factors = self._factors(node, row.kind, modules, paths) if node is not None else []
-                self._macs.append((row.macs, [p for p in factors if p in self._size]))
+                if node is not None and row.kind == "attention":  # two products, each its own sizes
+                    terms = [(m, [Pos("t", n.name, d) for n, d in sizes if isinstance(n, fx.Node)])
+                             for m, sizes in attention_terms(node)]
+                else:
+                    terms = [(row.macs, self._factors(node, row.kind, modules, paths) if node is not None else [])]
+                terms = [(m, [p for p in ps if p in self._size]) for m, ps in terms]
+                self._macs += terms
+                if node is not None:
+                    self.node_terms[node.name] = terms
         self._params: list[tuple[int, list[Pos]]] = []
         for name, p in graph.model.named_parameters():  # shared parameters are listed once
             dims = [Pos("p", name, d) for d in range(p.dim())]

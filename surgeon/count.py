@@ -16,6 +16,9 @@ batch of 8 costs 8x a batch of 1 for every op here):
 * ``linear``: ``Linear`` / ``F.linear``: ``output_elements * in_features``.
 * ``matmul``: ``@``, ``torch.matmul/mm/bmm/addmm/baddbmm``:
   ``output_elements * inner_dim``.
+* ``attention``: ``F.scaled_dot_product_attention(q, k, v)``:
+  ``S * (query_elements + output_elements)`` (q k^T, then the weights times v;
+  S the key length). The softmax and masking are not counted.
 * ``norm`` (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm, LRN and
   their functional forms), ``pool`` (every pooling incl. adaptive),
   ``activation`` (ReLU, GELU, SiLU, Softmax, ...) and ``elementwise``
@@ -58,10 +61,11 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from .args import call_arg
 from .registry import mac_kind
 from .capture import ExampleInputs, as_example_inputs, eval_mode
 
-__all__ = ["Counts", "NodeCount", "count", "format_count", "contracted_operand"]
+__all__ = ["Counts", "NodeCount", "count", "format_count", "contracted_operand", "attention_terms"]
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,8 @@ def _count_fx(model: nn.Module, inputs: ExampleInputs,
             elif kind == "matmul":
                 a = _node_shape(contracted_operand(node))
                 macs = _numel(out_shape) * (a[-1] if a else 1)
+            elif kind == "attention":
+                macs = sum(t for t, _ in attention_terms(node))
             elif kind == "shape":
                 macs = 0
             else:
@@ -256,6 +262,20 @@ def contracted_operand(node: fx.Node) -> Any:
     (``a`` in ``a @ b``, ``torch.bmm(a, b)``, ``torch.addmm(c, a, b)``, ``c.baddbmm(a, b)``)."""
     operands = [a for a in list(node.args) + list(node.kwargs.values()) if isinstance(a, fx.Node)]
     return operands[-2] if len(operands) > 1 else (operands[0] if operands else None)
+
+
+def attention_terms(node: fx.Node) -> list[tuple[int, list[tuple[Any, int]]]]:
+    """The two products of ``F.scaled_dot_product_attention(q, k, v)`` as (MACs, sizes): q k^T
+    costs S per query element, the weights times v S per output element. ``sizes``: (node, dim) of
+    every size in the formula (``surgeon.cost`` scales each term by them after a removal). Grouped
+    query attention (fewer key / value heads) costs the same per query head."""
+    q, k = node.args[0], call_arg(node, 1, "key")
+    q_shape, k_shape, out_shape = _node_shape(q), _node_shape(k), _node_shape(node)
+    if q_shape is None or k_shape is None or out_shape is None:
+        return [(_numel(out_shape) if out_shape else 0, [(node, d) for d in range(len(out_shape or ()))])]
+    s, kd = k_shape[-2], len(k_shape) - 2
+    return [(_numel(q_shape) * s, [(q, d) for d in range(len(q_shape))] + [(k, kd)]),
+            (_numel(out_shape) * s, [(node, d) for d in range(len(out_shape))] + [(k, kd)])]
 
 
 def _get_attr(root: nn.Module, target: str) -> Any:

@@ -37,7 +37,7 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import TensorMetadata
 
-from .count import count
+from .cost import CostModel, cost_model
 from .graph import iter_module_calls, layer_positions
 from .indexmap import Pos
 from .lut import CacheKey, LatencyTable, Measure, Sample, Signature, check_runtime
@@ -65,8 +65,9 @@ class LatencySettings:
         process-wide count is set only while torch is timed, and restored.
     refresh: re-measure the lookup table even when the cache has it.
     rounds / tolerance: after planning, the pruned model is measured; while measured latency is off
-        the target by more than ``tolerance`` (relative), the goal is corrected by measured /
-        predicted and channels re-allocated, at most ``rounds`` plans in all. The default 5% is
+        the target by more than ``tolerance`` (relative), the goal is corrected along the line
+        through the measured plans (``allocate.next_aim``) and channels re-allocated, at most
+        ``rounds`` plans in all. The default 5% is
         half the 10% a target is judged by: a second measurement of the same model on this shared
         2-core machine moved by up to ~8%, so a plan that stops at 9.9% off often lands above 10%.
     multiple: channel step of the allocation; None measures it (``probe_multiple``).
@@ -226,22 +227,16 @@ class _LayerTerm:
 @dataclass
 class _MemoryTerm:
     name: str
-    work: float            # surgeon.count's MACs of the node (elements for elementwise ops)
-    positions: list[Pos]   # the dims whose sizes scale it
-
-
-def _node_dims(node: Any, sizes: Mapping[Pos, int]) -> list[Pos]:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    if not isinstance(meta, TensorMetadata):
-        return []
-    return [p for p in (Pos("t", node.name, d) for d in range(len(meta.shape))) if p in sizes]
+    work: float            # surgeon.count's MACs of the node (elements for elementwise ops), or one term of them
+    positions: list[Pos]   # the sizes that scale it (``cost.CostModel.node_terms``)
 
 
 class LatencyModel:
     """Predicted latency (ms) of ``graph.model`` after removing ``removed[pos]`` indices of each
     position; ``dense_ms`` is the measured dense model, ``calibration`` how the terms were fitted."""
 
-    def __init__(self, graph: "ChannelGraph", table: LatencyTable | None = None) -> None:
+    def __init__(self, graph: "ChannelGraph", table: LatencyTable | None = None,
+                 cost: Optional[CostModel] = None) -> None:
         self.sizes: dict[Pos, int] = {p: graph.size(p) for p in graph.nx.nodes}
         self.layers: list[_LayerTerm] = []
         self.memory: list[_MemoryTerm] = []
@@ -261,13 +256,10 @@ class LatencyModel:
             self.layers.append(_LayerTerm(qn, sig, pin if pin in self.sizes else None,
                                           pout if pout in self.sizes else None, cin, cout))
             measured.add(node.name)
-        counts = count(graph.model, graph.traced.inputs, traced=graph.traced.gm)
-        work = {row.name: row.macs for row in counts.per_node}
+        terms = (cost or cost_model(graph)).node_terms
         for node in graph.traced.gm.graph.nodes:
             if node.op in ("call_module", "call_function", "call_method") and node.name not in measured:
-                w = work.get(node.name, 0)
-                if w:
-                    self.memory.append(_MemoryTerm(node.name, float(w), _node_dims(node, self.sizes)))
+                self.memory += [_MemoryTerm(node.name, float(w), ps) for w, ps in terms.get(node.name, ()) if w]
         self.by_pos: dict[Pos, list[tuple[str, int]]] = {}
         for i, t in enumerate(self.layers):
             for p in {t.cin_pos, t.cout_pos} - {None}:
@@ -423,12 +415,14 @@ def _input_shape(inputs: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in getattr(x, "shape", ()))
 
 
-def build_latency_model(graph: "ChannelGraph", settings: LatencySettings) -> LatencyModel:
+def build_latency_model(graph: "ChannelGraph", settings: LatencySettings,
+                        cost: Optional[CostModel] = None) -> LatencyModel:
     """Measure (or read from the cache) every layer's table, probe the channel multiple, measure
-    the dense model and calibrate."""
+    the dense model and calibrate. ``cost``: the plan's ``CostModel``, whose per-node terms scale
+    the unmeasured ops (counted here when not given)."""
     key = CacheKey.current(settings.threads, _input_shape(graph.traced.inputs), settings.runtime)
     table = LatencyTable(key, settings.measure_layers, settings.cache_dir, settings.refresh, settings.progress)
-    model = LatencyModel(graph, table)
+    model = LatencyModel(graph, table, cost)
     model.probe = probe_multiple(model, table) if settings.multiple is None else MultipleProbe(settings.multiple)
     dense = float(settings.model_timer()([graph.model], graph.traced.inputs, settings.threads)[0])
     if not math.isfinite(dense) or dense <= 0:

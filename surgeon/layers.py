@@ -35,6 +35,8 @@ MAC_KINDS: dict[str, str] = {
     "conv_transpose": "input elements x weight[1:] elements (out_channels / groups x kernel)",
     "linear": "output elements x weight[1:] elements (in_features)",
     "matmul": "output elements x the contracted dim (last dim of the second-to-last operand)",
+    "attention": "S x (query elements + output elements): q k^T (.., L, S) over E, then the weights times v "
+                 "over S (F.scaled_dot_product_attention; S the key / value length)",
     "norm": "output elements",
     "pool": "output elements",
     "activation": "output elements",

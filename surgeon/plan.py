@@ -382,7 +382,7 @@ def _latency_plan(graph: ChannelGraph, cands: list[Candidate], skipped: dict[int
     from .latency import build_latency_model
 
     assert req.target is not None
-    lat = build_latency_model(graph, settings)
+    lat = build_latency_model(graph, settings, cost)
     metric, value = req.target
     ms = value * lat.dense_ms if metric == "latency" else value
     mlr = DEFAULT_MAX_LAYER_RATIO if req.max_layer_ratio is None else req.max_layer_ratio

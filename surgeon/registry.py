@@ -202,8 +202,8 @@ for _f, _r, _kind in [
     (F.linear, functional.linear, "linear"), (F.batch_norm, functional.batch_norm, "norm"),
     (F.instance_norm, functional.batch_norm, "norm"), (F.group_norm, functional.group_norm, "norm"),
     (F.embedding, functional.embedding, "shape"),
-    # attention (attention.py); scaled_dot_product_attention counts its output only (an under-count)
-    (F.scaled_dot_product_attention, attention.sdpa, "elementwise"), (operator.matmul, attention.matmul, "matmul"),
+    # attention (attention.py)
+    (F.scaled_dot_product_attention, attention.sdpa, "attention"), (operator.matmul, attention.matmul, "matmul"),
     (torch.matmul, attention.matmul, "matmul"), (torch.bmm, attention.matmul, "matmul"),
     (torch.stack, reshape.stack, "shape"), (torch.unbind, reshape.unbind, "shape"), (torch.roll, rules.roll, "shape"),
     (F.pixel_shuffle, reshape.pixel_shuffle, "shape"), (F.pixel_unshuffle, reshape.pixel_unshuffle, "shape"),

@@ -121,6 +121,30 @@ def test_default_scale_sdpa_prunes_whole_heads_exactly(check):
     assert m.heads == 2 and m.hd == 4 and m.q.out_features == 8
 
 
+def test_attention_macs_are_predicted_exactly_when_heads_go():
+    """The plan's MACs after removing heads (q k^T and the weights times v both shrink with them)
+    equal a fresh count of the pruned model."""
+    from surgeon.count import count
+
+    class Heads(DefaultScale):  # no shape unpacking or checks: plain fx traces it, so count does too
+        def forward(self, x):
+            b, n = x.shape[0], x.shape[1]
+            q, k, v = (f(x).view(b, n, self.heads, self.hd).transpose(1, 2) for f in (self.q, self.k, self.v))
+            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)
+            return self.out(self.o(y))
+
+    m = Heads().eval()
+    x = torch.randn(2, 5, 16)
+    p = surgeon.plan(m, x, ratio=0.5)
+    before = count(m, x)
+    assert before.method == "fx"
+    assert before.by_kind()["attention"] == 2 * 4 * 5 * 5 * (4 + 4) and p.before.macs == before.macs
+    p.apply(verify=True)
+    after = count(m, x)
+    assert after.by_kind()["attention"] == 2 * 2 * 5 * 5 * (4 + 4)
+    assert p.after.macs == after.macs
+
+
 def test_matmul_passes_rows_and_columns_and_fixes_the_summed_dim():
     class Outer(nn.Module):
         """a(x)^T @ b(x): b's features become the columns (they pass on to a Linear); a's become rows,

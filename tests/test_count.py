@@ -157,6 +157,20 @@ def test_matmul_counts_inner_dimension() -> None:
     assert c.macs == 2 * 5 * 6 * 8  # transpose is free
 
 
+@pytest.mark.parametrize("heads_kv", [3, 1], ids=["mha", "gqa"])
+def test_attention_counts_both_products(heads_kv: int) -> None:
+    """F.scaled_dot_product_attention(q (B, H, L, E), k (B, Hkv, S, E), v (B, Hkv, S, Ev)):
+    q k^T costs B*H*L*S*E, the weights times v B*H*L*S*Ev (grouped query attention costs the same
+    per query head)."""
+    class Sdpa(nn.Module):
+        def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=heads_kv != 3)
+
+    b, h, l, s, e, ev = 2, 3, 5, 7, 4, 6
+    c = count(Sdpa(), (torch.randn(b, h, l, e), torch.randn(b, heads_kv, s, e), torch.randn(b, heads_kv, s, ev)))
+    assert c.by_kind()["attention"] == b * h * l * s * e + b * h * l * s * ev == c.macs
+
+
 def test_cheap_ops_count_output_elements_and_shape_ops_are_free() -> None:
     class Cheap(nn.Module):
         def __init__(self) -> None:

@@ -162,15 +162,15 @@ def test_allocation_meets_synthetic_latency(tmp_path, target):
 
 
 def test_allocation_respects_caps_and_steps(tmp_path):
-    """max_layer_ratio bounds every group; a step of 16 keeps widths multiples of 16; a
-    conv's saving depends on both its counts (the 2-D table)."""
+    """max_layer_ratio bounds every group; a step of 16 keeps widths multiples of 16, or halves of
+    16 below it; a conv's saving depends on both its counts (the 2-D table)."""
     model = Net().eval()
     p = surgeon.plan(model, X, target_latency=0.4, max_layer_ratio=0.75,
                      latency=settings(tmp_path, check=False, multiple=16))
     for cut in p.cuts:
         assert len(cut.remove) <= 0.75 * cut.group.n
         if cut.group.n >= 16 and len(cut.remove):
-            assert cut.kept % 16 == 0, (cut.group.layers, cut.kept)
+            assert cut.kept % 16 == 0 or 16 % cut.kept == 0, (cut.group.layers, cut.kept)  # 32, 16 or 8, 4...
     assert p.target.step == 16
 
 
@@ -193,6 +193,32 @@ def test_measured_miss_corrects_the_goal(tmp_path):
     assert abs(rep.measured_fraction / 0.5 - 1) <= 0.1
     assert "measured" in p.summary()
     p.apply(verify=True)
+
+
+def test_next_aim_follows_the_line_through_measured_plans():
+    """After one plan, the line through dense (1, 1) and it; later, through the latest plan and the
+    one across the target; a ratio where measured latency does not rise with the prediction; never
+    more than a factor 1.5 from the latest plan's prediction."""
+    from surgeon.allocate import next_aim
+    assert next_aim([(1.0, 1.0), (0.5, 0.6)], 0.5) == pytest.approx(0.375)  # slope 0.8 through dense
+    # latest (0.4, 0.45) is under 0.5, (0.5, 0.6) over it: the line through those two (slope 1.5)
+    assert next_aim([(1.0, 1.0), (0.5, 0.6), (0.4, 0.45)], 0.5) == pytest.approx(0.4 + 0.05 / 1.5)
+    assert next_aim([(1.0, 1.0), (0.5, 0.6), (0.4, 0.7)], 0.5) == pytest.approx(0.4 * 0.5 / 0.7)  # noise: ratio
+    assert next_aim([(1.0, 1.0), (0.5, 0.98)], 0.3) == pytest.approx(0.5 / 1.5)  # the step is bounded
+
+
+def test_a_fixed_cost_the_model_misses_is_corrected(tmp_path):
+    """A runtime with a fixed cost per model run that the layers do not show (every model measures
+    its fake latency plus the dense model's layer time again, half of it at dense): predictions
+    undershoot pruned plans, and the re-plans along the measured line land within the tolerance."""
+    dense_layers = fake_model_ms(Net().eval(), X)
+
+    def fixed(models, inputs, threads):
+        return [fake_model_ms(m, inputs) + dense_layers for m in models]
+    p = surgeon.plan(Net().eval(), X, target_latency=0.7, latency=settings(tmp_path, time_models=fixed))
+    rep = p.target
+    assert abs(rep.measured_fraction / 0.7 - 1) <= 0.05, str(rep)
+    assert len(rep.rounds) <= 3
 
 
 def test_a_kept_plan_that_misses_the_target_warns(tmp_path):
