@@ -11,8 +11,9 @@ least importance per millisecond saved. Scores are normalised per unit by their 
 scope, so units compare. Keys live in a heap; when a step is taken, the units that share a latency
 term with it (its layers' other channel groups) get their keys re-computed and pushed again, and
 stale heap entries are skipped (lazy deletion by version). Each unit stays within
-``max_layer_ratio``; below one step of channels it halves (16, 8, 4, ... for a step of 16: the
-sub-blocks of the SIMD width, and the lookup table, not an assumption, says what each saves);
+``max_layer_ratio``; below one measured step of channels it halves (16, 8, 4, ... for a step of
+16: the sub-blocks of the SIMD width, and the lookup table, not an assumption, says what each
+saves), while a user's ``round_to`` keeps at least one step;
 ``ratios`` overrides are cut first.
 
 The prediction is only a model: ``plan_for_latency`` measures the pruned model (on a copy), and
@@ -108,8 +109,8 @@ class LatencyReport:
 class _Alloc:
     """State of one greedy allocation (see the module docstring)."""
 
-    def __init__(self, cands: list[Candidate], lat: LatencyModel, mlr: float, step: int) -> None:
-        self.cands, self.lat, self.step = cands, lat, step
+    def __init__(self, cands: list[Candidate], lat: LatencyModel, mlr: float, step: int, halve: bool = True) -> None:
+        self.cands, self.lat, self.step, self.halve = cands, lat, step, halve
         self.units = units(cands)
         self.caps = [unit_cap(u, mlr) for u in self.units]
         self.order, self.cost, self.prefix = [], [], []
@@ -147,10 +148,13 @@ class _Alloc:
         """Removal count after unit i's next step: down to the next multiple of ``step`` below its
         kept count (n=100, step 16: keep 96, then 80, ... 16), then halving (8, 4, 2, 1): a group of
         16 at step 16 can still go to 8, which the table may find faster (ResNet-20's first stage at
-        batch 64). A group narrower than the step goes one channel at a time. Never past its cap."""
+        batch 64); not when the step is the user's ``round_to``, which keeps at least one step. A
+        group narrower than the step goes one channel at a time. Never past its cap."""
         u, m = self.units[i], self.step
         kept = u.n - self.k[i]
         if m > 1 and u.n >= m:
+            if kept <= m and not self.halve:
+                return None
             new_kept = (kept - 1) // m * m if kept > m else kept // 2
         else:
             new_kept = kept - 1
@@ -183,7 +187,7 @@ def allocate(cands: list[Candidate], lat: LatencyModel, goal_ms: float, max_laye
              step: int = 1, round_to: Optional[int] = None) -> tuple[list[GroupCut], float, float]:
     """Cuts whose predicted latency is at most ``goal_ms``: (cuts, predicted ms, predicted ms one
     step earlier). Raises ValueError when even every allowed step cannot reach the goal."""
-    a = _Alloc(cands, lat, max_layer_ratio, step)
+    a = _Alloc(cands, lat, max_layer_ratio, step, halve=round_to is None)
     for i, u in enumerate(a.units):  # per-module ratio overrides are cut first, locally
         if u.ratio is not None:
             a.set_k(i, local_k(u, u.ratio, round_to, a.caps[i]))

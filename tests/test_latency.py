@@ -174,6 +174,16 @@ def test_allocation_respects_caps_and_steps(tmp_path):
     assert p.target.step == 16
 
 
+def test_round_to_keeps_whole_steps(tmp_path):
+    """A user's round_to is a promise about the counts: every cut group keeps a multiple of it
+    (never the halves below one step that a measured step allows)."""
+    model = Net().eval()
+    p = surgeon.plan(model, X, target_latency=0.5, round_to=16, latency=settings(tmp_path, check=False))
+    kept = [c.kept for c in p.cuts if len(c.remove)]
+    assert kept and all(k % 16 == 0 for k in kept), kept
+    assert p.target.step == 16
+
+
 def test_allocation_out_of_reach(tmp_path):
     with pytest.raises(ValueError, match="out of reach"):
         surgeon.plan(Net().eval(), X, target_latency=0.01, max_layer_ratio=0.5,
