@@ -243,18 +243,20 @@ def next_aim(points: Sequence[tuple[float, float]], want: float) -> float:
     ``points``: (goal, measured) fractions of the plans so far, the dense model (1, 1) first (goals,
     not predictions: the allocation lands up to one step under its goal, and what is chosen is the
     goal). The measured fraction is taken as a straight line in the goal through the latest plan
-    and a partner: the plan on the other side of ``want`` closest to it if any, else the closest
-    (after one plan, the dense model). A line, not a ratio, because what the latency model misses
-    is partly fixed (per-op and per-call costs that pruning does not shrink): on ResNet-20 at batch
-    64 in ONNX Runtime, plans predicted at 0.54 and 0.34 of dense measured 0.62 and 0.50; the line
-    through dense and one of them predicts the other within 0.05, their ratios miss by 0.11 and
-    0.19. Where the two points do not rise together (noise), the ratio want / measured is used.
-    The step is at most a factor 1.5 either way from the latest goal, so one measurement disturbed
-    by a busy machine cannot throw the next plan far off."""
+    and a partner: the plan on the other side of ``want`` closest to it if any (interpolation),
+    else the dense model (the longest baseline: two nearby plans on one side give a slope that is
+    mostly timing noise, which once sent a ResNet-18 re-plan from goal 0.46 to 0.31).
+
+    A line, not a ratio, because what the latency model misses is partly fixed (per-op and per-call
+    costs that pruning does not shrink): on ResNet-20 at batch 64 in ONNX Runtime, plans predicted
+    at 0.54 and 0.34 of dense measured 0.62 and 0.50; the line through dense and one of them
+    predicts the other within 0.05, the ratio measured / predicted of one misses the other by 0.11
+    and 0.18. Where measured latency does not fall with the goal (noise), the ratio want / measured
+    is used. The step is at most a factor 1.5 either way from the latest goal, so one measurement
+    disturbed by a busy machine cannot throw the next plan far off."""
     p1, m1 = points[-1]
-    others = points[:-1]
-    across = [q for q in others if (q[1] - want) * (m1 - want) < 0]
-    p0, m0 = min(across or others, key=lambda q: abs(q[1] - want))
+    across = [q for q in points[:-1] if (q[1] - want) * (m1 - want) < 0]
+    p0, m0 = min(across, key=lambda q: abs(q[1] - want)) if across else points[0]
     if (m0 - m1) * (p0 - p1) > 0:
         aim = p1 + (want - m1) * (p0 - p1) / (m0 - m1)
     else:

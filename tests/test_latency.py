@@ -206,14 +206,16 @@ def test_measured_miss_corrects_the_goal(tmp_path):
 
 
 def test_next_aim_follows_the_line_through_measured_plans():
-    """After one plan, the line through dense (1, 1) and it; later, through the latest plan and the
-    one across the target; a ratio where measured latency does not rise with the prediction; never
-    more than a factor 1.5 from the latest plan's prediction."""
+    """(goal, measured) fractions: the line through the latest plan and the plan across the target
+    if there is one, else dense (1, 1); a ratio where measured latency does not fall with the goal;
+    never more than a factor 1.5 from the latest goal."""
     from surgeon.allocate import next_aim
     assert next_aim([(1.0, 1.0), (0.5, 0.6)], 0.5) == pytest.approx(0.375)  # slope 0.8 through dense
     # latest (0.4, 0.45) is under 0.5, (0.5, 0.6) over it: the line through those two (slope 1.5)
     assert next_aim([(1.0, 1.0), (0.5, 0.6), (0.4, 0.45)], 0.5) == pytest.approx(0.4 + 0.05 / 1.5)
-    assert next_aim([(1.0, 1.0), (0.5, 0.6), (0.4, 0.7)], 0.5) == pytest.approx(0.4 * 0.5 / 0.7)  # noise: ratio
+    # both plans over 0.5: not their noisy slope (0.2) but the line through dense (slope 0.42 / 0.55)
+    assert next_aim([(1.0, 1.0), (0.5, 0.6), (0.45, 0.58)], 0.5) == pytest.approx(0.45 - 0.08 * 0.55 / 0.42)
+    assert next_aim([(1.0, 1.0), (0.9, 1.02)], 0.9) == pytest.approx(0.9 * 0.9 / 1.02)  # slower than dense: ratio
     assert next_aim([(1.0, 1.0), (0.5, 0.98)], 0.3) == pytest.approx(0.5 / 1.5)  # the step is bounded
 
 
