@@ -13,8 +13,7 @@ term with it (its layers' other channel groups) get their keys re-computed and p
 stale heap entries are skipped (lazy deletion by version). Each unit stays within
 ``max_layer_ratio``; below one measured step of channels it halves (16, 8, 4, ... for a step of
 16: the sub-blocks of the SIMD width, and the lookup table, not an assumption, says what each
-saves), while a user's ``round_to`` keeps at least one step;
-``ratios`` overrides are cut first.
+saves), while a user's ``round_to`` keeps at least one step; ``ratios`` overrides are cut first.
 
 The prediction is only a model: ``plan_for_latency`` measures the pruned model (on a copy), and
 while it misses the target by more than the tolerance, aims the next allocation along the line

@@ -5,8 +5,8 @@ product of sizes (conv: output elements x input channels per group x kernel; lin
 elements x input features; norms, activations, elementwise ops: output elements), so after a
 removal a node costs its original MACs times the product, over the sizes in its formula, of
 (new size / old size). Attention is a sum of two such products (q k^T and the weights times v),
-each scaled by its own sizes. A parameter's size is the product of its dims. Both are exact, which lets
-the target search try many candidate removals without copying or re-counting the model; tests
+each scaled by its own sizes. A parameter's size is the product of its dims. Both are exact, which
+lets the target search try many candidate removals without copying or re-counting the model; tests
 compare the prediction with ``count`` on the pruned model.
 """
 from __future__ import annotations

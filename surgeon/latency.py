@@ -67,9 +67,9 @@ class LatencySettings:
     rounds / tolerance: after planning, the pruned model is measured; while measured latency is off
         the target by more than ``tolerance`` (relative), the goal is corrected along the line
         through the measured plans (``allocate.next_aim``) and channels re-allocated, at most
-        ``rounds`` plans in all. The default 5% is
-        half the 10% a target is judged by: a second measurement of the same model on this shared
-        2-core machine moved by up to ~8%, so a plan that stops at 9.9% off often lands above 10%.
+        ``rounds`` plans in all. The default 5% is half the 10% a target is judged by: a second
+        measurement of the same model on this shared 2-core machine moved by up to ~8%, so a plan
+        that stops at 9.9% off often lands above 10%.
     multiple: channel step of the allocation; None measures it (``probe_multiple``).
     measure_layers(samples, threads) -> ms: times lookup-table samples (default: the runtime's,
         ``lut.measure_onnx`` or ``lut.measure_torch``).
