@@ -67,11 +67,7 @@ class CostModel:
         for row in counts.per_node:
             if row.macs:
                 node = nodes.get(row.name)
-                if node is not None and row.kind == "attention":  # two products, each its own sizes
-                    terms = [(m, [Pos("t", n.name, d) for n, d in sizes if isinstance(n, fx.Node)])
-                             for m, sizes in attention_terms(node)]
-                else:
-                    terms = [(row.macs, self._factors(node, row.kind, modules, paths) if node is not None else [])]
+                terms = self._terms(node, row.kind, row.macs, modules, paths) if node is not None else [(row.macs, [])]
                 terms = [(m, [p for p in ps if p in self._size]) for m, ps in terms]
                 self._macs += terms
                 if node is not None:
@@ -82,10 +78,15 @@ class CostModel:
             self._params.append((p.numel(), [d for d in dims if d in self._size]))
 
     @staticmethod
-    def _factors(node: fx.Node, kind: str, modules: dict, paths: dict[int, str]) -> list[Pos]:
-        """The positions whose sizes multiply into the node's MACs (see the module docstring)."""
+    def _terms(node: fx.Node, kind: str, macs: int, modules: dict,
+               paths: dict[int, str]) -> list[tuple[int, list[Pos]]]:
+        """The node's MACs as (MACs, positions whose sizes multiply into them) terms: one term, or
+        attention's two products, each with its own sizes (see the module docstring)."""
+        if kind == "attention":
+            return [(m, [Pos("t", n.name, d) for n, d in sizes if isinstance(n, fx.Node)])
+                    for m, sizes in attention_terms(node)]
         if kind not in ("conv", "conv_transpose", "linear", "matmul"):
-            return _dims(node)
+            return [(macs, _dims(node))]
         sized = _dims(node.args[0]) if kind == "conv_transpose" else _dims(node)  # input / output elements
         if kind == "matmul":
             operand = contracted_operand(node)
@@ -96,7 +97,7 @@ class CostModel:
         else:  # F.conv2d(x, w) / F.linear(x, w): dim 1 of the weight argument
             w = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
             reduced = _dims(w)[1:2] if isinstance(w, fx.Node) else []
-        return sized + reduced
+        return [(macs, sized + reduced)]
 
     def _scale(self, positions: list[Pos], removed: Mapping[Pos, int]) -> float:
         f = 1.0
