@@ -118,7 +118,7 @@ def run_seed(name: str, seed: int, args: argparse.Namespace, timer: TimeModels, 
 
     lm = copy.deepcopy(dense)
     settings = LatencySettings(threads=args.threads, runs=args.runs, cache_dir=cache, progress=False,
-                               time_models=timer, measure_layers=measure_layers)
+                               time_models=timer, measure_layers=measure_layers, value=args.value)
     t1 = time.perf_counter()
     lp = surgeon.plan(lm, x, target_latency=min(1.0, f), latency=settings, max_layer_ratio=args.max_layer_ratio)
     plan_s = time.perf_counter() - t1
@@ -212,7 +212,7 @@ def to_markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], meta:
              f"Dense training D = {meta['dense_epochs']} epochs, fine-tune F = {meta['finetune_epochs']} epochs (same "
              f"recipe and data order for both plans); surgeon at {meta['surgeon']}; seeds {meta['seeds']}; mean +- std over seeds. Uniform: ratio "
              f"{meta['ratio']}, local scope, L1. Latency-aware: `target_latency` = the uniform plan's measured "
-             f"fraction, L1, max_layer_ratio {meta.get('max_layer_ratio') or 'default (0.9)'}. Latency: fraction of the dense model's ONNX Runtime latency, all three timed side by "
+             f"fraction, L1, max_layer_ratio {meta.get('max_layer_ratio') or 'default (0.9)'}, value {meta.get('value', 'linear')}. Latency: fraction of the dense model's ONNX Runtime latency, all three timed side by "
              f"side in one final run per seed. Importance kept: L1 scores normalised per group by their mean, "
              f"share kept. Accuracy in % (one test image = {100 / meta['test']:.2f} points).", "",
              "| model | plan | latency (fraction) | predicted | importance kept | channels removed | params | "
@@ -266,6 +266,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=20, help="timing rounds per session (the final timing uses twice)")
     p.add_argument("--max-layer-ratio", type=float, default=None, help="the latency-aware plan's cap on what one "
                    "group may lose (default: the planner's, 0.9)")
+    p.add_argument("--value", default="linear", choices=("linear", "log"),
+                   help="the latency-aware plan's LatencySettings.value (default linear)")
     p.add_argument("--out", help="output directory (default benchmarks/results; none for --quick)")
     args = p.parse_args(argv)
     if args.quick:
@@ -291,6 +293,7 @@ def run(args: argparse.Namespace, command: str, time_models: Optional[TimeModels
     meta = {**machine_info(args.threads), "load_before": round(os.getloadavg()[0], 2), "command": command,
             "size": args.size, "batch": args.batch, "ratio": args.ratio, "dense_epochs": args.dense_epochs,
             "finetune_epochs": args.finetune_epochs, "max_layer_ratio": args.max_layer_ratio,
+            "value": args.value,
             "date": time.strftime("%Y-%m-%d"),
             "fake_timings": time_models is not None, "surgeon": _source()}
     rows: list[dict[str, Any]] = []

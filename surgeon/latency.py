@@ -76,6 +76,10 @@ class LatencySettings:
     time_models(models, inputs, threads) -> ms: times whole models side by side (default
         ``measure_models`` in the runtime, see ``model_timer``); ``check=False`` skips measuring the
         plan (prediction only).
+    value: how the allocation counts lost importance. ``"linear"``: a channel costs its normalised
+        score wherever it is. ``"log"``: its score times the group's original width over the
+        channels it still keeps, so a group is worth about ``width * log(kept)``: cutting a narrow
+        stream to its last few channels costs several times its first cuts.
     """
 
     runtime: str = "onnxruntime"
@@ -90,9 +94,13 @@ class LatencySettings:
     check: bool = True
     progress: bool = True
     runs: int = 20
+    value: str = "linear"
 
     def __post_init__(self) -> None:
         check_runtime(self.runtime)
+        if self.value not in ("linear", "log"):
+            raise ValueError(f"LatencySettings(value={self.value!r}): choose 'linear' (a removed channel costs its "
+                             "score) or 'log' (its score times original width / channels left)")
 
     def model_timer(self) -> TimeModels:
         """``time_models``, or by default ``measure_models`` in ``runtime`` with ``runs`` rounds."""

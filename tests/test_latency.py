@@ -184,6 +184,46 @@ def test_round_to_keeps_whole_steps(tmp_path):
     assert p.target.step == 16
 
 
+class Chain(nn.Module):
+    """Three conv groups in a row whose channels cost different time: under the fake latency the
+    middle one (3x3 convs on both sides) saves the most per channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.c2 = nn.Conv2d(32, 32, 3, stride=2, padding=1)
+        self.c3 = nn.Conv2d(32, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.fc(torch.relu(self.c3(x)).mean((2, 3)))
+
+
+def test_log_value_spreads_the_cuts(tmp_path):
+    """value="log" counts a lost channel as its score times original width / channels left: the plan
+    still meets the synthetic target, the group cut hardest under the linear value keeps more, and
+    the time comes from more groups."""
+    y = torch.randn(1, 3, 16, 16)
+
+    def plan(value):
+        p = surgeon.plan(Chain().eval(), y, target_latency=0.3, max_layer_ratio=0.95,
+                         latency=settings(tmp_path, check=False, value=value))
+        assert p.target.predicted_ms <= 0.3 * p.target.dense_ms + 1e-9
+        return p, {c.group.layers[0]: c.kept for c in p.cuts}
+    _, linear = plan("linear")
+    p, log = plan("log")
+    hardest = min(linear, key=linear.get)
+    assert log[hardest] > linear[hardest], (linear, log)
+    assert sum(k < 32 for k in log.values()) > sum(k < 32 for k in linear.values()), (linear, log)
+    p.apply(verify=True)
+
+
+def test_bad_value():
+    with pytest.raises(ValueError, match="choose 'linear'.*or 'log'"):
+        LatencySettings(value="sqrt")
+
+
 def test_allocation_out_of_reach(tmp_path):
     with pytest.raises(ValueError, match="out of reach"):
         surgeon.plan(Net().eval(), X, target_latency=0.01, max_layer_ratio=0.5,
