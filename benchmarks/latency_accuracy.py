@@ -55,7 +55,7 @@ import torch
 import surgeon
 import surgeon_models as zoo
 from surgeon.allocate import importance_kept
-from surgeon.latency import LatencySettings, time_models_onnx
+from surgeon.latency import VALUES, LatencySettings, time_models_onnx
 from surgeon.lut import Measure
 from surgeon.train import digits, seed_everything
 
@@ -266,8 +266,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=20, help="timing rounds per session (the final timing uses twice)")
     p.add_argument("--max-layer-ratio", type=float, default=None, help="the latency-aware plan's cap on what one "
                    "group may lose (default: the planner's, 0.9)")
-    p.add_argument("--value", default="linear", choices=("linear", "log"),
-                   help="the latency-aware plan's LatencySettings.value (default linear)")
+    p.add_argument("--value", default=LatencySettings.value, choices=VALUES,
+                   help=f"the latency-aware plan's LatencySettings.value (default {LatencySettings.value})")
     p.add_argument("--out", help="output directory (default benchmarks/results; none for --quick)")
     args = p.parse_args(argv)
     if args.quick:

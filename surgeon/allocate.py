@@ -8,7 +8,11 @@ and runtimes are not linear in the counts (kernels work in blocks of channels). 
 is greedy: each step removes, from one unit (a group, or one producer's part of a concatenation, see
 ``scope.Part``), its ``step`` least important channels, choosing the unit whose step loses the
 least importance per millisecond saved. Scores are normalised per unit by their mean, as in global
-scope, so units compare. Keys live in a heap; when a step is taken, the units that share a latency
+scope, so units compare; by default (``LatencySettings.value="log"``) a channel's loss is its score
+times the unit's original width over the channels it still keeps, so the last channels of a stream
+cost more than its first (``_weights``): counted linearly, the cuts pile onto the groups where the
+time goes, down to the cap, and on ResNet-20 / digits that cost 1.7 points of accuracy after
+fine-tuning against the uniform plan of the same latency (10 seeds; 0.25 with ``log``). Keys live in a heap; when a step is taken, the units that share a latency
 term with it (its layers' other channel groups) get their keys re-computed and pushed again, and
 stale heap entries are skipped (lazy deletion by version). Each unit stays within
 ``max_layer_ratio``; below one measured step of channels it halves (16, 8, 4, ... for a step of
@@ -105,9 +109,6 @@ class LatencyReport:
 
 
 # ------------------------------------------------------------------------------------- allocation
-VALUES = ("linear", "log")
-
-
 def _weights(n: int, n0: int, value: str) -> np.ndarray:
     """What losing each of a unit's channels costs, per unit of normalised score, in removal order.
     ``linear``: 1 (a channel is worth its score wherever it is). ``log``: ``n0 / kept`` with
@@ -124,7 +125,7 @@ class _Alloc:
     """State of one greedy allocation (see the module docstring)."""
 
     def __init__(self, cands: list[Candidate], lat: LatencyModel, mlr: float, step: int, halve: bool = True,
-                 value: str = "linear") -> None:
+                 value: str = "log") -> None:
         self.cands, self.lat, self.step, self.halve = cands, lat, step, halve
         self.units = units(cands)
         self.caps = [unit_cap(u, mlr) for u in self.units]
@@ -199,7 +200,7 @@ class _Alloc:
 
 
 def allocate(cands: list[Candidate], lat: LatencyModel, goal_ms: float, max_layer_ratio: float,
-             step: int = 1, round_to: Optional[int] = None, value: str = "linear"
+             step: int = 1, round_to: Optional[int] = None, value: str = "log"
              ) -> tuple[list[GroupCut], float, float]:
     """Cuts whose predicted latency is at most ``goal_ms``: (cuts, predicted ms, predicted ms one
     step earlier). ``value``: how lost importance is counted (``_weights``). Raises ValueError when
