@@ -2,6 +2,8 @@
 
     python benchmarks/latency_accuracy.py             # the full run (about 15 min on 2 cores)
     python benchmarks/latency_accuracy.py --quick     # tinynet, one seed, 1 + 1 epochs (seconds); writes nothing unless --out
+    python benchmarks/latency_accuracy.py --merge A/latency_accuracy.json B/latency_accuracy.json --out C
+                                                      # one report over the seeds of several runs
 
 The acceptance test of the latency targets (issue 10): at the same measured latency, does the
 latency-aware plan (``surgeon.plan(target_latency=...)``, L1) keep more total importance than the
@@ -246,7 +248,11 @@ def to_markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], meta:
         first = next(r for r in rows if r["model"] == model and r["variant"] == "latency")
         lines += [f"- {model}, seed {first['seed']}'s latency plan:", "", "  ```",
                   *("  " + line for line in first["report"].splitlines()), "  ```"]
-    lines += ["", f"Command: `{meta['command']}` ({meta['wall_s'] / 60:.1f} min, {meta['date']})"]
+    if meta.get("merged"):
+        lines += ["", f"Command: `{meta['command']}`: the seeds of {len(meta['merged'])} runs pooled "
+                      f"({', '.join(meta['merged'])}; {meta['wall_s'] / 60:.1f} min in all, {meta['date']})"]
+    else:
+        lines += ["", f"Command: `{meta['command']}` ({meta['wall_s'] / 60:.1f} min, {meta['date']})"]
     return "\n".join(lines) + "\n"
 
 
@@ -269,11 +275,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--value", default=LatencySettings.value, choices=VALUES,
                    help=f"the latency-aware plan's LatencySettings.value (default {LatencySettings.value})")
     p.add_argument("--out", help="output directory (default benchmarks/results; none for --quick)")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="train nothing: pool the seeds of earlier runs' "
+                   "latency_accuracy.json (same recipe, distinct seeds) into one report")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.seeds, args.size, args.batch = "tinynet", "0", 16, 8
         args.dense_epochs, args.finetune_epochs = 1, 1
-    elif args.out is None:
+    elif args.out is None and not args.merge:
         args.out = str(Path(__file__).parent / "results")
     return args
 
@@ -315,11 +323,50 @@ def run(args: argparse.Namespace, command: str, time_models: Optional[TimeModels
     return {"meta": meta, "rows": rows, "summary": summary, "markdown": to_markdown(summary, rows, meta)}
 
 
+RECIPE = ("size", "batch", "ratio", "dense_epochs", "finetune_epochs", "max_layer_ratio", "value", "threads", "test")
+BEFORE_VALUE = {"value": "linear"}  # runs from before LatencySettings.value existed counted linearly
+
+
+def merge(paths: Sequence[str], command: str) -> dict[str, Any]:
+    """One report over the seeds of several runs (``--merge a.json b.json``): their rows pooled and
+    summarised again. Refused when the runs differ in recipe (``RECIPE``) or share a (model, seed)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    for r in runs:
+        r["meta"] = {**BEFORE_VALUE, **r["meta"]}
+    first = runs[0]["meta"]
+    for path, r in zip(paths[1:], runs[1:]):
+        differ = [k for k in RECIPE if r["meta"].get(k) != first.get(k)]
+        if differ:
+            raise ValueError(f"cannot merge {path} with {paths[0]}: they differ in "
+                             + ", ".join(f"{k} ({r['meta'].get(k)!r} vs {first.get(k)!r})" for k in differ))
+    rows = [row for r in runs for row in r["rows"]]
+    seen: set[tuple[str, int]] = set()
+    for row in rows:
+        if row["variant"] == "dense":
+            if (row["model"], row["seed"]) in seen:
+                raise ValueError(f"cannot merge: {row['model']} seed {row['seed']} is in more than one run")
+            seen.add((row["model"], row["seed"]))
+    meta = {**first, "command": command, "seeds": sorted({row["seed"] for row in rows}),
+            "surgeon": " + ".join(dict.fromkeys(r["meta"]["surgeon"] for r in runs)),
+            "load_before": " / ".join(str(r["meta"]["load_before"]) for r in runs),
+            "load_after": " / ".join(str(r["meta"]["load_after"]) for r in runs),
+            "date": " / ".join(dict.fromkeys(r["meta"]["date"] for r in runs)),
+            "wall_s": sum(r["meta"]["wall_s"] for r in runs), "merged": list(paths)}
+    summary = summarise(rows)
+    return {"meta": meta, "rows": rows, "summary": summary, "markdown": to_markdown(summary, rows, meta)}
+
+
 def main(argv: list[str] | None = None, time_models: Optional[TimeModels] = None,
          measure_layers: Optional[Measure] = None) -> dict[str, Any]:
     args = parse_args(argv)
     command = "python benchmarks/latency_accuracy.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
-    result = run(args, command, time_models, measure_layers)
+    if args.merge:
+        try:
+            result = merge(args.merge, command)
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"latency_accuracy.py --merge: {e}")
+    else:
+        result = run(args, command, time_models, measure_layers)
     print(result["markdown"])
     if args.out:
         out = Path(args.out)

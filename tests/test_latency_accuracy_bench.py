@@ -90,3 +90,39 @@ def test_quick_writes_nothing_unless_asked():
     assert latency_accuracy.parse_args(["--quick"]).out is None
     full = latency_accuracy.parse_args([])
     assert Path(full.out).name == "results" and full.models == "resnet20,mobilenet_v2_32" and full.seeds == "0,1,2"
+
+
+def _with_seed(result: dict, seed: int) -> dict:
+    """A copy of a run's JSON as if it had run another seed."""
+    data = json.loads(json.dumps({k: result[k] for k in ("meta", "rows", "summary")}))
+    for row in data["rows"]:
+        row["seed"] = seed
+    data["meta"]["seeds"] = [seed]
+    return data
+
+
+def test_merge_pools_the_seeds_of_runs(quick, tmp_path):
+    """--merge summarises the rows of several runs again: one paired entry per model over all seeds."""
+    _, result, _ = quick
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_with_seed(result, 0)))
+    b.write_text(json.dumps(_with_seed(result, 1)))
+    merged = latency_accuracy.main(["--merge", str(a), str(b), "--out", str(tmp_path / "m")])
+    paired = [s for s in merged["summary"] if s["variant"] == "latency - uniform"]
+    assert len(paired) == 1 and paired[0]["seeds"] == 2 and len(paired[0]["accuracy_per_seed"]) == 2
+    assert merged["meta"]["seeds"] == [0, 1]
+    assert "seeds of 2 runs pooled" in (tmp_path / "m" / "latency_accuracy.md").read_text()
+
+
+@pytest.mark.parametrize("change, match", [({"meta": {"finetune_epochs": 10}}, "differ in finetune_epochs"),
+                                           ({}, "seed 0 is in more than one run")])
+def test_merge_refuses_runs_that_do_not_pool(quick, tmp_path, change, match):
+    """Runs of another recipe, or the same seed twice, are refused with a message saying which."""
+    _, result, _ = quick
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_with_seed(result, 0)))
+    other = _with_seed(result, 1 if change else 0)
+    other["meta"].update(change.get("meta", {}))
+    b.write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match=match):
+        latency_accuracy.main(["--merge", str(a), str(b)])
