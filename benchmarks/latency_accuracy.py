@@ -214,7 +214,7 @@ def to_markdown(summary: list[dict[str, Any]], rows: list[dict[str, Any]], meta:
              f"Dense training D = {meta['dense_epochs']} epochs, fine-tune F = {meta['finetune_epochs']} epochs (same "
              f"recipe and data order for both plans); surgeon at {meta['surgeon']}; seeds {meta['seeds']}; mean +- std over seeds. Uniform: ratio "
              f"{meta['ratio']}, local scope, L1. Latency-aware: `target_latency` = the uniform plan's measured "
-             f"fraction, L1, max_layer_ratio {meta.get('max_layer_ratio') or 'default (0.9)'}, value {meta.get('value', 'linear')}. Latency: fraction of the dense model's ONNX Runtime latency, all three timed side by "
+             f"fraction, L1, max_layer_ratio {meta.get('max_layer_ratio') or 'default (0.9)'}, value {meta.get('value', BEFORE_VALUE['value'])}. Latency: fraction of the dense model's ONNX Runtime latency, all three timed side by "
              f"side in one final run per seed. Importance kept: L1 scores normalised per group by their mean, "
              f"share kept. Accuracy in % (one test image = {100 / meta['test']:.2f} points).", "",
              "| model | plan | latency (fraction) | predicted | importance kept | channels removed | params | "

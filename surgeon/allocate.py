@@ -12,9 +12,10 @@ scope, so units compare; by default (``LatencySettings.value="log"``) a channel'
 times the unit's original width over the channels it still keeps, so the last channels of a stream
 cost more than its first (``_weights``): counted linearly, the cuts pile onto the groups where the
 time goes, down to the cap, and on ResNet-20 / digits that cost 1.7 points of accuracy after
-fine-tuning against the uniform plan of the same latency (10 seeds; 0.25 with ``log``). Keys live in a heap; when a step is taken, the units that share a latency
-term with it (its layers' other channel groups) get their keys re-computed and pushed again, and
-stale heap entries are skipped (lazy deletion by version). Each unit stays within
+fine-tuning against the uniform plan of the same latency (10 seeds; 0.25 with ``log``). Keys live
+in a heap; when a step is taken, the units that share a latency term with it (its layers' other
+channel groups) get their keys re-computed and pushed again, and stale heap entries are skipped
+(lazy deletion by version). Each unit stays within
 ``max_layer_ratio``; below one measured step of channels it halves (16, 8, 4, ... for a step of
 16: the sub-blocks of the SIMD width, and the lookup table, not an assumption, says what each
 saves), while a user's ``round_to`` keeps at least one step; ``ratios`` overrides are cut first.
@@ -124,8 +125,8 @@ def _weights(n: int, n0: int, value: str) -> np.ndarray:
 class _Alloc:
     """State of one greedy allocation (see the module docstring)."""
 
-    def __init__(self, cands: list[Candidate], lat: LatencyModel, mlr: float, step: int, halve: bool = True,
-                 value: str = "log") -> None:
+    def __init__(self, cands: list[Candidate], lat: LatencyModel, mlr: float, step: int, halve: bool,
+                 value: str) -> None:
         self.cands, self.lat, self.step, self.halve = cands, lat, step, halve
         self.units = units(cands)
         self.caps = [unit_cap(u, mlr) for u in self.units]
@@ -200,7 +201,7 @@ class _Alloc:
 
 
 def allocate(cands: list[Candidate], lat: LatencyModel, goal_ms: float, max_layer_ratio: float,
-             step: int = 1, round_to: Optional[int] = None, value: str = "log"
+             step: int = 1, round_to: Optional[int] = None, value: str = LatencySettings.value
              ) -> tuple[list[GroupCut], float, float]:
     """Cuts whose predicted latency is at most ``goal_ms``: (cuts, predicted ms, predicted ms one
     step earlier). ``value``: how lost importance is counted (``_weights``). Raises ValueError when
